@@ -1,0 +1,309 @@
+"""The ``insight-scheduler`` command line.
+
+Errors a user can cause end with one line naming the problem and exit status
+2; only a bug in this program shows a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from . import db
+from .config import Settings, load_settings
+from .errors import UserError
+from .models import Campaign, CampaignStatus
+from .repository import CampaignReport, NewCampaign, Repository
+from .rules import WaitBounds, campaign_problems, parse_when
+
+EXIT_USER_ERROR = 2
+
+Handler = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on bad arguments already; keep its message, drop the noise."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USER_ERROR, f"error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="insight-scheduler", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default ./config.yaml, or env INSIGHT_SCHEDULER_CONFIG)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    db_parser = commands.add_parser("db", help="database schema")
+    db_commands = db_parser.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    db_commands.add_parser("upgrade", help="apply every migration (alembic upgrade head)").set_defaults(
+        handler=cmd_db_upgrade
+    )
+    db_commands.add_parser("current", help="show the schema revision").set_defaults(handler=cmd_db_current)
+
+    _add_campaign_commands(commands)
+    return parser
+
+
+def _add_campaign_commands(commands: Any) -> None:
+    campaign = commands.add_parser("campaign", help="create, show and control campaigns")
+    sub = campaign.add_subparsers(dest="campaign_command", required=True, parser_class=_Parser)
+
+    create = sub.add_parser("create", help="add a campaign")
+    create.add_argument("--name", required=True)
+    create.add_argument("--survey-id", required=True)
+    create.add_argument("--instance-id", required=True)
+    create.add_argument("--contacts", required=True, metavar="FILE", help="CSV file of contacts")
+    create.add_argument("--start", required=True, metavar="WHEN", help="ISO 8601 with offset, or Unix seconds")
+    create.add_argument("--end", required=True, metavar="WHEN", help="ISO 8601 with offset, or Unix seconds")
+    create.add_argument("--max-attempts", type=int, default=1, metavar="N", help="1..10 (default 1)")
+    create.add_argument("--reattempt-wait", type=int, metavar="S", help="seconds; required when max-attempts > 1")
+    create.add_argument("--result-url", metavar="URL")
+    create.add_argument("--chunk-size", type=int, metavar="N", help="override submission.chunk_size")
+    create.add_argument("--draft", action="store_true", help="create as draft (not picked up until resumed)")
+    create.set_defaults(handler=cmd_campaign_create)
+
+    sub.add_parser("list", help="all campaigns with progress").set_defaults(handler=cmd_campaign_list)
+    for name, handler, text in (
+        ("show", cmd_campaign_show, "one campaign in detail"),
+        ("pause", cmd_campaign_pause, "stop starting new submissions"),
+        ("resume", cmd_campaign_resume, "set a paused or draft campaign back to scheduled"),
+        ("cancel", cmd_campaign_cancel, "cancel; unsent chunks become cancelled"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("id", type=int)
+        cmd.add_argument("--json", action="store_true", help="machine-readable output") if name == "show" else None
+        cmd.set_defaults(handler=handler)
+
+
+# -- handlers ------------------------------------------------------------------
+
+
+async def _repository(settings: Settings, *, check_schema: bool = True) -> Repository:
+    engine = db.create_engine(settings.database.url)
+    if check_schema:
+        try:
+            await db.ensure_migrated(engine)
+        except BaseException:
+            await engine.dispose()
+            raise
+    return Repository(engine)
+
+
+async def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
+    engine = db.create_engine(settings.database.url)
+    try:
+        await db.upgrade(engine)
+        async with db.connect_or_explain(engine) as conn:
+            revision = await db.current_revision(conn)
+    finally:
+        await engine.dispose()
+    print(f"database {db.safe_url(settings.database.url)} is at revision {revision} (head)")
+    return 0
+
+
+async def cmd_db_current(args: argparse.Namespace, settings: Settings) -> int:
+    engine = db.create_engine(settings.database.url)
+    try:
+        async with db.connect_or_explain(engine) as conn:
+            revision = await db.current_revision(conn)
+    finally:
+        await engine.dispose()
+    print(f"current: {revision or 'none'}  head: {db.head_revision()}")
+    return 0
+
+
+def _new_campaign_from_args(args: argparse.Namespace, settings: Settings) -> NewCampaign:
+    problems: list[str] = []
+    start = end = None
+    for label, text in (("--start", args.start), ("--end", args.end)):
+        try:
+            value = parse_when(text)
+        except ValueError as exc:
+            problems.append(f"{label}: {exc}")
+            continue
+        start, end = (value, end) if label == "--start" else (start, value)
+    contacts = Path(args.contacts).expanduser()
+    if not contacts.is_file():
+        problems.append(f"--contacts: {contacts} does not exist or is not a file")
+    bounds = WaitBounds(settings.insight.reattempt_wait_min_seconds, settings.insight.reattempt_wait_max_seconds)
+    problems += [
+        "--" + p.replace("_", "-", 1).replace("_", "-")
+        for p in campaign_problems(
+            survey_id=args.survey_id,
+            instance_id=args.instance_id,
+            start_at=start,
+            end_at=end,
+            max_attempts=args.max_attempts,
+            reattempt_wait=args.reattempt_wait,
+            chunk_size=args.chunk_size,
+            bounds=bounds,
+        )
+        if not (p.startswith(("start_at: must be set", "end_at: must be set")))
+    ]
+    if problems:
+        raise UserError("cannot create campaign:\n" + "\n".join(f"  {p}" for p in problems))
+    assert start is not None and end is not None
+    return NewCampaign(
+        name=args.name,
+        survey_id=args.survey_id,
+        instance_id=args.instance_id,
+        contacts_path=str(contacts.resolve()),
+        start_at=start,
+        end_at=end,
+        max_attempts=args.max_attempts,
+        reattempt_wait=args.reattempt_wait,
+        result_url=args.result_url,
+        chunk_size=args.chunk_size,
+        status=(CampaignStatus.DRAFT if args.draft else CampaignStatus.SCHEDULED).value,
+    )
+
+
+async def cmd_campaign_create(args: argparse.Namespace, settings: Settings) -> int:
+    new = _new_campaign_from_args(args, settings)
+    repo = await _repository(settings)
+    try:
+        row = await repo.create_campaign(new)
+    finally:
+        await repo.engine.dispose()
+    print(f"campaign {row.id} created ({row.status}): {row.name}")
+    return 0
+
+
+async def cmd_campaign_list(args: argparse.Namespace, settings: Settings) -> int:
+    repo = await _repository(settings)
+    try:
+        rows = await repo.list_campaigns()
+    finally:
+        await repo.engine.dispose()
+    table = Table("id", "name", "status", "start (UTC)", "end (UTC)", "contacts", "queued", "progress")
+    for row in rows:
+        table.add_row(
+            str(row.id),
+            row.name,
+            row.status,
+            _fmt_time(row.start_at),
+            _fmt_time(row.end_at),
+            str(row.contacts_total),
+            str(row.contacts_queued),
+            _progress(row),
+        )
+    _console().print(table if rows else "no campaigns yet")
+    return 0
+
+
+def _progress(row: Campaign) -> str:
+    if not row.contacts_valid:
+        return "-"
+    return f"{100.0 * row.contacts_queued / row.contacts_valid:.1f}%"
+
+
+def _fmt_time(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+async def cmd_campaign_show(args: argparse.Namespace, settings: Settings) -> int:
+    repo = await _repository(settings)
+    try:
+        report = await repo.campaign_report(args.id)
+    finally:
+        await repo.engine.dispose()
+    if args.json:
+        print(json.dumps(report_as_dict(report), indent=2, default=str))
+    else:
+        print_report(report, _console())
+    return 0
+
+
+CAMPAIGN_FIELDS = (
+    "id name status last_error survey_id instance_id contacts_path start_at end_at max_attempts "
+    "reattempt_wait result_url chunk_size created_at updated_at started_at finished_at "
+    "contacts_total contacts_valid contacts_invalid contacts_duplicate contacts_queued"
+).split()
+
+
+def report_as_dict(report: CampaignReport) -> dict[str, Any]:
+    row = report.campaign
+    return {
+        "campaign": {name: getattr(row, name) for name in CAMPAIGN_FIELDS},
+        "chunks_by_status": report.chunks_by_status,
+        "contacts_by_status": report.contacts_by_status,
+        "submissions_by_status_code": report.submissions_by_code,
+        "submissions_by_outcome": report.submissions_by_outcome,
+        "unknown_chunks": [
+            {"id": c.id, "seq": c.seq, "contacts": c.contact_count, "last_error": c.last_error}
+            for c in report.unknown_chunks
+        ],
+    }
+
+
+def print_report(report: CampaignReport, console: Console) -> None:
+    data = report_as_dict(report)
+    fields = Table(show_header=False, box=None)
+    for key, value in data["campaign"].items():
+        fields.add_row(key, "-" if value is None else str(value))
+    console.print(fields)
+    for title in ("chunks_by_status", "contacts_by_status", "submissions_by_status_code", "submissions_by_outcome"):
+        counts = data[title]
+        table = Table(title.replace("_", " "), "count")
+        for key, count in sorted(counts.items(), key=lambda kv: str(kv[0])):
+            table.add_row(str(key), str(count))
+        console.print(table if counts else f"{title.replace('_', ' ')}: none")
+    if data["unknown_chunks"]:
+        table = Table("chunk id", "seq", "contacts", "why", title="unknown chunks: resend or leave (a decision)")
+        for chunk in data["unknown_chunks"]:
+            table.add_row(str(chunk["id"]), str(chunk["seq"]), str(chunk["contacts"]), chunk["last_error"] or "")
+        console.print(table)
+
+
+async def _change(args: argparse.Namespace, settings: Settings, target: CampaignStatus) -> int:
+    repo = await _repository(settings)
+    try:
+        row = await repo.change_status(args.id, target)
+    finally:
+        await repo.engine.dispose()
+    print(f"campaign {row.id} is now {row.status}")
+    return 0
+
+
+async def cmd_campaign_pause(args: argparse.Namespace, settings: Settings) -> int:
+    return await _change(args, settings, CampaignStatus.PAUSED)
+
+
+async def cmd_campaign_resume(args: argparse.Namespace, settings: Settings) -> int:
+    return await _change(args, settings, CampaignStatus.SCHEDULED)
+
+
+async def cmd_campaign_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    return await _change(args, settings, CampaignStatus.CANCELLED)
+
+
+def _console() -> Console:
+    return Console(width=160 if not sys.stdout.isatty() else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+        return asyncio.run(args.handler(args, settings))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Tables. Column names of ``campaigns`` are a contract: admins edit those rows.
+
+Times are stored as UTC without a zone, so an admin can write
+``'2026-12-01 14:00:00'`` in SQLite or PostgreSQL and mean UTC; Python always
+sees aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite's rowid alias must be INTEGER; PostgreSQL gets BIGINT for contacts.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def parse_db_time(value: str) -> datetime:
+    """Read what an admin or the daemon wrote: '2026-12-01 14:00:00', ISO 'T', offsets."""
+    text_value = value.strip().replace("Z", "+00:00")
+    parsed = datetime.fromisoformat(text_value)
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=timezone.utc)
+    return parsed.astimezone(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC in Python, naive UTC in the database.
+
+    On SQLite the value is text in one fixed format, so the daemon's own
+    comparisons in SQL (lease expiry, next attempt) sort correctly.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect):
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(32))
+        return dialect.type_descriptor(DateTime(timezone=False))
+
+    def process_bind_param(self, value, dialect: Dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = parse_db_time(value)
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        naive = value.astimezone(timezone.utc).replace(tzinfo=None)
+        return naive.strftime(SQLITE_FORMAT) if dialect.name == "sqlite" else naive
+
+    def process_result_value(self, value, dialect: Dialect):
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return parse_db_time(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
+class CampaignStatus(str, enum.Enum):
+    DRAFT = "draft"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_CAMPAIGN_STATUSES = frozenset(
+    {CampaignStatus.COMPLETED, CampaignStatus.COMPLETED_WITH_ERRORS, CampaignStatus.FAILED, CampaignStatus.CANCELLED}
+)
+
+
+class ChunkStatus(str, enum.Enum):
+    PENDING = "pending"
+    SUBMITTING = "submitting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    REJECTED = "rejected"
+    SPLIT = "split"
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+FINAL_CHUNK_STATUSES = frozenset(
+    {
+        ChunkStatus.SUCCEEDED,
+        ChunkStatus.FAILED,
+        ChunkStatus.REJECTED,
+        ChunkStatus.SPLIT,
+        ChunkStatus.UNKNOWN,
+        ChunkStatus.EXPIRED,
+        ChunkStatus.CANCELLED,
+    }
+)
+
+
+class ContactStatus(str, enum.Enum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    INVALID = "invalid"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+class Outcome(str, enum.Enum):
+    """How one HTTP attempt ended (the client issue's table)."""
+
+    SENDING = "sending"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    AUTH = "auth"
+    CAMPAIGN_INVALID = "campaign_invalid"
+    CLIENT_BUG = "client_bug"
+    RETRYABLE = "retryable"
+    UNKNOWN = "unknown"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    survey_id: Mapped[str] = mapped_column(String(64))
+    instance_id: Mapped[str] = mapped_column(String(64))
+    contacts_path: Mapped[str] = mapped_column(Text)
+    start_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    end_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    max_attempts: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    reattempt_wait: Mapped[int | None] = mapped_column(Integer)
+    result_url: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32), default="scheduled", server_default=text("'scheduled'"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    chunk_size: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ingested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    contacts_header: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    contacts_total: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    contacts_valid: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    contacts_invalid: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    contacts_duplicate: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    contacts_queued: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    chunks_total: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    chunks_pending: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    chunks_succeeded: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    chunks_failed: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    chunks_rejected: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    chunks_unknown: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    chunks_expired: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    chunks_cancelled: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+    __table_args__ = (Index(None, "status", "start_at"),)
+
+
+class Chunk(Base):
+    __tablename__ = "chunks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("chunks.id"))
+    status: Mapped[str] = mapped_column(String(32), default="pending", server_default=text("'pending'"))
+    contact_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "seq"),
+        Index(None, "status", "campaign_id", "next_attempt_at"),
+    )
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    row_number: Mapped[int] = mapped_column(Integer)
+    raw_phone: Mapped[str] = mapped_column(Text)
+    phone: Mapped[str | None] = mapped_column(String(32))
+    extra: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    chunk_id: Mapped[int | None] = mapped_column(ForeignKey("chunks.id"))
+
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "row_number"),
+        Index(None, "chunk_id"),
+        Index(None, "phone"),
+    )
+
+
+class Submission(Base):
+    __tablename__ = "submissions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(32), default="sending")
+    error: Mapped[str | None] = mapped_column(Text)
+    response_excerpt: Mapped[str | None] = mapped_column(Text)
+    latency_seconds: Mapped[float | None] = mapped_column(Float)
+    contact_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+
+    __table_args__ = (Index(None, "chunk_id"), Index(None, "campaign_id", "outcome"))
+

@@ -1,0 +1,86 @@
+"""Pure checks of a campaign's fields, shared by the CLI and the daemon.
+
+Each problem names the column and the rule, because an admin reads it in
+``last_error`` and fixes that column.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+MAX_ATTEMPTS_RANGE = (1, 10)
+
+
+@dataclass(frozen=True)
+class WaitBounds:
+    min_seconds: int = 60
+    max_seconds: int = 86400
+
+
+def campaign_problems(
+    *,
+    survey_id: str | None,
+    instance_id: str | None,
+    start_at: datetime | None,
+    end_at: datetime | None,
+    max_attempts: object,
+    reattempt_wait: object,
+    chunk_size: object = None,
+    bounds: WaitBounds = WaitBounds(),
+) -> list[str]:
+    problems: list[str] = []
+    if not (survey_id or "").strip():
+        problems.append("survey_id: must not be empty")
+    if not (instance_id or "").strip():
+        problems.append("instance_id: must not be empty")
+    if start_at is None:
+        problems.append("start_at: must be set")
+    if end_at is None:
+        problems.append("end_at: must be set")
+    if start_at is not None and end_at is not None and end_at <= start_at:
+        problems.append("end_at: must be after start_at")
+    problems.extend(attempt_problems(max_attempts, reattempt_wait, bounds))
+    if chunk_size is not None and (not _is_int(chunk_size) or int(chunk_size) < 1):
+        problems.append("chunk_size: must be an integer >= 1 (or empty for the configured size)")
+    return problems
+
+
+def attempt_problems(max_attempts: object, reattempt_wait: object, bounds: WaitBounds = WaitBounds()) -> list[str]:
+    low, high = MAX_ATTEMPTS_RANGE
+    if not _is_int(max_attempts) or not low <= int(max_attempts) <= high:
+        return [f"max_attempts: must be an integer between {low} and {high} (got {max_attempts!r})"]
+    if int(max_attempts) == 1:
+        return []
+    if reattempt_wait is None:
+        return ["reattempt_wait: required when max_attempts > 1"]
+    if not _is_int(reattempt_wait) or not bounds.min_seconds <= int(reattempt_wait) <= bounds.max_seconds:
+        return [
+            f"reattempt_wait: must be an integer between {bounds.min_seconds} and {bounds.max_seconds} "
+            f"seconds when max_attempts > 1 (got {reattempt_wait!r})"
+        ]
+    return []
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_when(text: str) -> datetime:
+    """ISO 8601 with an offset, or a Unix timestamp in seconds, to aware UTC."""
+    stripped = text.strip()
+    try:
+        return datetime.fromtimestamp(float(stripped), tz=timezone.utc)
+    except ValueError:
+        pass
+    except (OverflowError, OSError):
+        raise ValueError(f"{text!r} is out of range for a Unix timestamp") from None
+    try:
+        parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is neither ISO 8601 (e.g. 2026-12-01T14:00:00+00:00) nor a Unix timestamp"
+        ) from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"{text!r} has no UTC offset; add one, e.g. {stripped}+00:00 or {stripped}Z")
+    return parsed.astimezone(timezone.utc)

@@ -1,0 +1,137 @@
+"""The CLI as a subprocess, on SQLite and PostgreSQL."""
+
+import json
+
+import pytest
+
+from tests.e2e.conftest import Cli
+
+
+def _contacts(cli: Cli) -> str:
+    path = cli.workdir / "contacts.csv"
+    path.write_text("phone_number,first_name\n6175551234,Ann\n")
+    return str(path)
+
+
+def test_create_then_show_round_trips(cli):
+    assert "head" in cli("db", "upgrade").stdout
+    out = cli(
+        "campaign", "create", "--name", "Winter", "--survey-id", "77", "--instance-id", "3",
+        "--contacts", _contacts(cli), "--start", "2026-12-01T09:00:00-05:00", "--end", "1796144400",
+        "--max-attempts", "2", "--reattempt-wait", "120", "--result-url", "https://example.invalid/r",
+    ).stdout
+    assert "campaign 1 created (scheduled)" in out
+    shown = json.loads(cli("campaign", "show", "1", "--json").stdout)["campaign"]
+    assert shown["name"] == "Winter"
+    assert shown["survey_id"] == "77" and shown["instance_id"] == "3"
+    assert shown["start_at"].startswith("2026-12-01 14:00:00")
+    assert shown["end_at"].startswith("2026-12-01 17:00:00")
+    assert (shown["max_attempts"], shown["reattempt_wait"]) == (2, 120)
+    assert shown["result_url"] == "https://example.invalid/r"
+    assert shown["contacts_path"] == str(cli.workdir / "contacts.csv")
+    assert shown["status"] == "scheduled"
+    assert "Winter" in cli("campaign", "list").stdout
+
+
+def test_draft_pause_resume_cancel(cli):
+    cli("db", "upgrade")
+    cli("campaign", "create", "--name", "d", "--survey-id", "1", "--instance-id", "1", "--contacts",
+        _contacts(cli), "--start", "2026-12-01T14:00:00Z", "--end", "2026-12-02T14:00:00Z", "--draft")
+    assert json.loads(cli("campaign", "show", "1", "--json").stdout)["campaign"]["status"] == "draft"
+    assert "now scheduled" in cli("campaign", "resume", "1").stdout
+    assert "now paused" in cli("campaign", "pause", "1").stdout
+    assert "now cancelled" in cli("campaign", "cancel", "1").stdout
+    refused = cli("campaign", "resume", "1", check=False)
+    assert refused.returncode == 2 and "is cancelled" in refused.stderr
+
+
+BROKEN_CONFIG = """\
+database:
+  url: sqlite+aiosqlite:///x.db
+insight:
+  developer_key: do-not-print-me
+  timeout_seconds: soon
+submission:
+  chunk_size: 0
+  max_concurrency: -2
+  rate_limit_per_second: 0
+  retry:
+    max_tries: 0
+    surprise: true
+scheduler:
+  poll_interval_seconds: -1
+"""
+
+
+def test_broken_config_lists_every_problem_and_exits_2(cli):
+    cli.config.write_text(BROKEN_CONFIG)
+    result = cli("campaign", "list", check=False)
+    assert result.returncode == 2
+    for problem in (
+        "insight.timeout_seconds: must be a number",
+        "submission.chunk_size: must be >= 1",
+        "submission.max_concurrency: must be >= 1",
+        "submission.rate_limit_per_second: must be > 0",
+        "submission.retry.max_tries: must be >= 1",
+        "submission.retry.surprise: unknown key",
+        "scheduler.poll_interval_seconds: must be > 0",
+    ):
+        assert problem in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "do-not-print-me" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["campaign", "show", "9"], "no campaign with id 9"),
+        (["campaign", "create", "--name", "x", "--survey-id", "1", "--instance-id", "1", "--contacts",
+          "/nope.csv", "--start", "2026-12-01T14:00:00", "--end", "2026-12-01T15:00:00Z",
+          "--max-attempts", "11"], "--max-attempts: must be an integer between 1 and 10"),
+        (["campaign", "pause", "abc"], "invalid int value"),
+        (["campaign", "frobnicate"], "invalid choice"),
+    ],
+)
+def test_user_errors_exit_2_without_traceback(cli, args, message):
+    cli("db", "upgrade")
+    result = cli(*args, check=False)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_db_url(request, tmp_path):
+    """A database with no schema at all."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'new.db'}"
+        return
+    import asyncio
+    import uuid
+
+    from tests.conftest import PG_ADMIN_URL, _admin
+
+    name = f"insight_empty_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_unmigrated_database_asks_for_db_upgrade(tmp_path, empty_db_url):
+    cli = Cli(tmp_path, empty_db_url)
+    result = cli("campaign", "list", check=False)
+    assert result.returncode == 2
+    assert "has no schema: run `insight-scheduler db upgrade`" in result.stderr
+    cli("db", "upgrade")
+    assert cli("campaign", "list").returncode == 0
+
+
+def test_unreachable_database_is_named_with_password_masked(cli):
+    result = cli(
+        "campaign", "list", check=False,
+        INSIGHT_SCHEDULER__DATABASE__URL="postgresql+asyncpg://admin:s3cr3t@127.0.0.1:9/nowhere",
+    )
+    assert result.returncode == 2
+    assert "cannot connect to database postgresql+asyncpg://admin:***@127.0.0.1:9/nowhere" in result.stderr
+    assert "s3cr3t" not in result.stderr
+    assert "Traceback" not in result.stderr
