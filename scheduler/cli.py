@@ -53,7 +53,73 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands.add_parser("current", help="show the schema revision").set_defaults(handler=cmd_db_current)
 
     _add_campaign_commands(commands)
+    _add_simulate_command(commands)
     return parser
+
+
+def _add_simulate_command(commands: Any) -> None:
+    sim = commands.add_parser("simulate", help="run an Insight stand-in on this machine (tests, demos, benchmarks)")
+    sim.add_argument("--port", type=int, default=8099)
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument(
+        "--config", dest="sim_config", metavar="FILE",
+        help="simulator settings (YAML); credentials default to insight.username / developer_key",
+    )
+    sim.add_argument("--answer-style", choices=["json", "xml", "doc"], help="doc: the documentation's {'success':true}")
+    sim.add_argument("--fail-rate", type=float, metavar="P", help="probability of HTTP 500")
+    sim.add_argument("--fail-first", type=int, metavar="K", help="the first K requests get HTTP 500")
+    sim.add_argument("--unavailable-rate", type=float, metavar="P", help="probability of 503 with Retry-After")
+    sim.add_argument("--retry-after-seconds", type=int, metavar="S")
+    sim.add_argument("--latency-mean-seconds", type=float, metavar="S")
+    sim.add_argument("--latency-jitter-seconds", type=float, metavar="S")
+    sim.add_argument("--hang-rate", type=float, metavar="P", help="probability of queuing and then not answering")
+    sim.add_argument("--hang-seconds", type=float, metavar="S")
+    sim.add_argument("--drop-rate", type=float, metavar="P", help="probability of queuing and then dropping the connection")
+    sim.add_argument("--reject-number", dest="reject_numbers", action="append", metavar="NUMBER",
+                     help="a chunk containing this number gets HTTP 400 (repeatable)")
+    sim.add_argument("--callback-delay-seconds", type=float, metavar="S", help="POST call_details to result_url")
+    sim.add_argument("--seed", type=int)
+    sim.set_defaults(handler=cmd_simulate)
+
+
+SIMULATOR_FLAGS = (
+    "answer_style fail_rate fail_first unavailable_rate retry_after_seconds latency_mean_seconds "
+    "latency_jitter_seconds hang_rate hang_seconds drop_rate reject_numbers callback_delay_seconds seed"
+).split()
+
+
+async def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from .simulator import SimulatorSettings, serve_forever
+
+    values: dict[str, Any] = {
+        "username": settings.insight.username,
+        "developer_key": settings.insight.developer_key.get_secret_value(),
+        "phone_column": settings.insight.phone_column,
+    }
+    if args.sim_config:
+        try:
+            values.update(yaml_mapping(Path(args.sim_config)))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"simulator config {args.sim_config}: {exc}") from None
+    values.update({name: getattr(args, name) for name in SIMULATOR_FLAGS if getattr(args, name) is not None})
+    try:
+        sim_settings = SimulatorSettings.from_mapping(values)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"simulator settings: {exc}") from None
+    try:
+        await serve_forever(sim_settings, args.host, args.port)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return 0
+
+
+def yaml_mapping(path: Path) -> dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict):
+        raise ValueError("must be a mapping of keys")
+    return data
 
 
 def _add_campaign_commands(commands: Any) -> None:
