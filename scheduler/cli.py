@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_campaign_commands(commands)
     _add_simulate_command(commands)
+    commands.add_parser("run", help="run the daemon (until SIGTERM / SIGINT; SIGHUP reloads config)").set_defaults(
+        handler=cmd_run
+    )
+    chunk = commands.add_parser("chunk", help="decide about single chunks")
+    chunk_sub = chunk.add_subparsers(dest="chunk_command", required=True, parser_class=_Parser)
+    resend = chunk_sub.add_parser("resend", help="send an unknown chunk again (it may call people twice)")
+    resend.add_argument("id", type=int)
+    resend.set_defaults(handler=cmd_chunk_resend)
     return parser
 
 
@@ -146,6 +154,7 @@ def _add_campaign_commands(commands: Any) -> None:
         ("pause", cmd_campaign_pause, "stop starting new submissions"),
         ("resume", cmd_campaign_resume, "set a paused or draft campaign back to scheduled"),
         ("cancel", cmd_campaign_cancel, "cancel; unsent chunks become cancelled"),
+        ("resend-unknown", cmd_campaign_resend_unknown, "send every unknown chunk again (may call people twice)"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("id", type=int)
@@ -353,6 +362,35 @@ async def cmd_campaign_resume(args: argparse.Namespace, settings: Settings) -> i
 
 async def cmd_campaign_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return await _change(args, settings, CampaignStatus.CANCELLED)
+
+
+async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from .logs import configure_logging
+    from .service import Daemon
+
+    secret_filter = configure_logging(settings)
+    daemon = Daemon(settings, config_path=args.config, secret_filter=secret_filter)
+    return await daemon.run()
+
+
+async def _resend(settings: Settings, campaign_id: int | None, chunk_id: int | None) -> int:
+    from .repository import utcnow
+
+    repo = await _repository(settings)
+    try:
+        count = await repo.resend_chunks(campaign_id, chunk_id, utcnow())
+    finally:
+        await repo.engine.dispose()
+    print(f"{count} unknown chunk(s) set to pending; a running daemon sends them within one poll interval")
+    return 0
+
+
+async def cmd_chunk_resend(args: argparse.Namespace, settings: Settings) -> int:
+    return await _resend(settings, None, args.id)
+
+
+async def cmd_campaign_resend_unknown(args: argparse.Namespace, settings: Settings) -> int:
+    return await _resend(settings, args.id, None)
 
 
 def _console() -> Console:

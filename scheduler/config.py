@@ -38,6 +38,8 @@ class InsightSettings(_Section):
     timeout_seconds: float = Field(30.0, gt=0)
     connect_timeout_seconds: float = Field(10.0, gt=0)
     phone_column: str = Field("phone_number", min_length=1)
+    # How numbers are written in the CSV sent to Plum: +16175551234, tel:+16175551234 or 16175551234.
+    number_format: Literal["e164", "tel", "digits"] = "e164"
     reattempt_wait_min_seconds: int = Field(60, ge=0)
     reattempt_wait_max_seconds: int = Field(86400, ge=1)
 
@@ -76,6 +78,8 @@ class SchedulerSettings(_Section):
     poll_interval_seconds: float = Field(5.0, gt=0)
     lease_seconds: float = Field(300.0, gt=0)
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    # Names this daemon in lease columns; replicas need distinct ids (default: the host name).
+    worker_id: str | None = Field(None, min_length=1, max_length=100)
 
 
 class ContactsSettings(_Section):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Sequence
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -24,8 +24,10 @@ from .models import (
     Chunk,
     ChunkStatus,
     Contact,
+    ContactStatus,
     Submission,
 )
+from .chunking import halves
 
 
 def utcnow() -> datetime:
@@ -63,7 +65,7 @@ RESUMABLE = {CampaignStatus.PAUSED.value, CampaignStatus.DRAFT.value}
 FINAL = {s.value for s in FINAL_CAMPAIGN_STATUSES}
 
 
-class Repository:
+class AdminQueries:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
@@ -169,3 +171,495 @@ async def _count_by(session: AsyncSession, column: Any, *where: Any) -> dict[Any
 def _is_connect_error(exc: DBAPIError) -> bool:
     text = str(exc.orig).lower()
     return any(word in text for word in ("connect", "unable to open database", "does not exist"))
+
+
+# -- the daemon's queries ----------------------------------------------------------
+
+OPEN_CHUNK = (ChunkStatus.PENDING.value, ChunkStatus.SUBMITTING.value)
+
+
+@dataclass(frozen=True)
+class ClaimedChunk:
+    """Everything needed to send one chunk, read in the claiming transaction."""
+
+    chunk_id: int
+    campaign_id: int
+    seq: int
+    attempt: int
+    contact_count: int
+    submission_id: int
+    survey_id: str
+    instance_id: str
+    start_at: datetime
+    end_at: datetime
+    max_attempts: int
+    reattempt_wait: int | None
+    result_url: str | None
+    contacts_header: str | None
+
+
+@dataclass(frozen=True)
+class ContactRow:
+    campaign_id: int
+    row_number: int
+    raw_phone: str
+    phone: str | None
+    extra: str | None
+    status: str
+    reason: str | None
+    chunk_seq: int | None
+
+
+class DaemonQueries:
+    """Mixed into Repository: what the tick, ingestion and dispatcher ask."""
+
+    engine: AsyncEngine
+    _write: Any
+    _read: Any
+
+    # -- start-up and housekeeping -------------------------------------------------
+
+    async def abandon_submitting(self, worker: str | None, now: datetime) -> int:
+        """Chunks whose lease ran out, and at start-up those this worker left mid-request
+        (it crashed), become unknown: their calls may have been queued."""
+        stale = Chunk.lease_expires_at < now
+        if worker is not None:
+            stale = stale | (Chunk.lease_owner == worker)
+        async with self._write() as session:
+            ids = (
+                await session.scalars(
+                    select(Chunk.id).where(Chunk.status == ChunkStatus.SUBMITTING.value, stale)
+                )
+            ).all()
+            if not ids:
+                return 0
+            reason = "the daemon stopped before Plum's answer was recorded: the calls may have been queued"
+            await session.execute(
+                update(Chunk)
+                .where(Chunk.id.in_(ids))
+                .values(status=ChunkStatus.UNKNOWN.value, last_error=reason, lease_owner=None,
+                        lease_expires_at=None, finished_at=now, updated_at=now)
+            )
+            await session.execute(
+                update(Submission)
+                .where(Submission.chunk_id.in_(ids), Submission.outcome == "sending")
+                .values(outcome="unknown", error=reason, finished_at=now)
+            )
+            await session.execute(
+                update(Contact).where(Contact.chunk_id.in_(ids)).values(status=ContactStatus.UNKNOWN.value)
+            )
+            campaigns = set((await session.scalars(select(Chunk.campaign_id).where(Chunk.id.in_(ids)))).all())
+            for campaign_id in campaigns:
+                await self._refresh(session, campaign_id, now)
+        return len(ids)
+
+    async def housekeeping(self, now: datetime) -> None:
+        """Honour admins' edits and the clock: cancel, expire, finish."""
+        async with self._write() as session:
+            cancelled = select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLED.value)
+            await session.execute(
+                update(Chunk)
+                .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.campaign_id.in_(cancelled))
+                .values(status=ChunkStatus.CANCELLED.value, finished_at=now, updated_at=now)
+            )
+            ended = select(Campaign.id).where(Campaign.end_at <= now)
+            await session.execute(
+                update(Chunk)
+                .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.campaign_id.in_(ended))
+                .values(status=ChunkStatus.EXPIRED.value, finished_at=now, updated_at=now,
+                        last_error="still unsent at the campaign's end_at")
+            )
+            await self._sync_contacts_of_final_chunks(session)
+            active = (
+                await session.scalars(
+                    select(Campaign.id).where(
+                        Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.CANCELLED.value]),
+                        Campaign.ingested_at.is_not(None),
+                    )
+                )
+            ).all()
+            for campaign_id in active:
+                await self._refresh(session, campaign_id, now)
+
+    async def _sync_contacts_of_final_chunks(self, session: AsyncSession) -> None:
+        for status in (ChunkStatus.CANCELLED.value, ChunkStatus.EXPIRED.value):
+            await session.execute(
+                update(Contact)
+                .where(
+                    Contact.status == ContactStatus.PENDING.value,
+                    Contact.chunk_id.in_(select(Chunk.id).where(Chunk.status == status)),
+                )
+                .values(status=status)
+            )
+
+    # -- campaigns: picking up and ingesting ----------------------------------------
+
+    async def campaigns_to_start(self, now: datetime, worker: str) -> list[Campaign]:
+        """Scheduled and due, or running but never finished ingesting (a daemon died)."""
+        async with self._read() as session:
+            rows = (
+                await session.scalars(
+                    select(Campaign).where(
+                        (Campaign.status == CampaignStatus.SCHEDULED.value)
+                        | ((Campaign.status == CampaignStatus.RUNNING.value) & Campaign.ingested_at.is_(None))
+                    )
+                )
+            ).all()
+        return [
+            row for row in rows
+            if (row.status == CampaignStatus.SCHEDULED.value and row.start_at <= now)
+            or (row.status == CampaignStatus.RUNNING.value and _ingestion_abandoned(row, now, worker))
+        ]
+
+    async def claim_campaign(self, campaign_id: int, worker: str, now: datetime, lease_until: datetime) -> Campaign | None:
+        """Move a due campaign to running; whoever gets the row ingests it."""
+        async with self._write() as session:
+            row = await session.get(Campaign, campaign_id, with_for_update=_pg_only(session))
+            if row is None:
+                return None
+            takeover = row.status == CampaignStatus.RUNNING.value and row.ingested_at is None and (
+                _ingestion_abandoned(row, now, worker)
+            )
+            if not (row.status == CampaignStatus.SCHEDULED.value or takeover):
+                return None
+            row.status = CampaignStatus.RUNNING.value
+            row.started_at = row.started_at or now
+            row.finished_at = None
+            row.last_error = None  # a resume means the admin dealt with it
+            if row.ingested_at is None:
+                row.lease_owner, row.lease_expires_at = worker, lease_until
+            await self._refresh(session, campaign_id, now)
+        return row
+
+    async def extend_campaign_lease(self, campaign_id: int, worker: str, lease_until: datetime) -> None:
+        async with self._write() as session:
+            await session.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign_id, Campaign.lease_owner == worker)
+                .values(lease_expires_at=lease_until)
+            )
+
+    async def fail_campaign(self, campaign_id: int, error: str, now: datetime) -> None:
+        async with self._write() as session:
+            await session.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign_id)
+                .values(status=CampaignStatus.FAILED.value, last_error=error, finished_at=now,
+                        lease_owner=None, lease_expires_at=None, updated_at=now)
+            )
+
+    async def clear_ingestion(self, campaign_id: int) -> None:
+        """Remove what a dead ingestion left behind; nothing of it was ever sent."""
+        async with self._write() as session:
+            await session.execute(delete(Contact).where(Contact.campaign_id == campaign_id))
+            await session.execute(delete(Submission).where(Submission.campaign_id == campaign_id))
+            await session.execute(delete(Chunk).where(Chunk.campaign_id == campaign_id))
+
+    async def add_ingested_batch(
+        self, campaign_id: int, chunks: list[tuple[int, int]], contacts: list[dict[str, Any]]
+    ) -> None:
+        """Chunks (seq, contact_count) and their contacts; contacts carry ``chunk_seq``."""
+        async with self._write() as session:
+            known: dict[int, int] = {}
+            if chunks:
+                result = await session.execute(
+                    insert(Chunk).returning(Chunk.id, Chunk.seq),
+                    [dict(campaign_id=campaign_id, seq=seq, contact_count=count, status="pending",
+                          attempts=0, created_at=utcnow(), updated_at=utcnow()) for seq, count in chunks],
+                )
+                known = {seq: chunk_id for chunk_id, seq in result.all()}
+            # contacts of a chunk opened by an earlier batch
+            missing = {c["chunk_seq"] for c in contacts if c["chunk_seq"] is not None} - set(known)
+            if missing:
+                rows = await session.execute(
+                    select(Chunk.seq, Chunk.id).where(Chunk.campaign_id == campaign_id, Chunk.seq.in_(missing))
+                )
+                known.update({seq: chunk_id for seq, chunk_id in rows.all()})
+            if contacts:
+                await session.execute(
+                    insert(Contact),
+                    [
+                        {**{k: v for k, v in c.items() if k != "chunk_seq"}, "campaign_id": campaign_id,
+                         "chunk_id": None if c["chunk_seq"] is None else known[c["chunk_seq"]]}
+                        for c in contacts
+                    ],
+                )
+
+    async def finish_ingestion(
+        self, campaign_id: int, header_json: str, counts: dict[str, int], now: datetime
+    ) -> None:
+        async with self._write() as session:
+            await session.execute(
+                update(Campaign)
+                .where(Campaign.id == campaign_id)
+                .values(ingested_at=now, contacts_header=header_json, lease_owner=None, lease_expires_at=None,
+                        contacts_total=counts["total"], contacts_valid=counts["valid"],
+                        contacts_invalid=counts["invalid"], contacts_duplicate=counts["duplicate"], updated_at=now)
+            )
+            sizes = (
+                select(func.count()).where(Contact.chunk_id == Chunk.id).correlate(Chunk).scalar_subquery()
+            )
+            await session.execute(update(Chunk).where(Chunk.campaign_id == campaign_id).values(contact_count=sizes))
+            await self._refresh(session, campaign_id, now)
+
+    # -- chunks: claiming and recording --------------------------------------------
+
+    async def claim_next_chunk(
+        self, worker: str, now: datetime, lease_until: datetime, after_campaign_id: int = 0
+    ) -> ClaimedChunk | None:
+        """Atomically take the next ready chunk, round-robin over campaigns.
+
+        PostgreSQL: FOR UPDATE SKIP LOCKED, so replicas never wait for or take
+        each other's chunk. SQLite: the BEGIN IMMEDIATE transaction is the lock.
+        """
+        async with self._write() as session:
+            query = (
+                select(Chunk)
+                .join(Campaign, Campaign.id == Chunk.campaign_id)
+                .where(
+                    Chunk.status == ChunkStatus.PENDING.value,
+                    (Chunk.next_attempt_at.is_(None)) | (Chunk.next_attempt_at <= now),
+                    Campaign.status == CampaignStatus.RUNNING.value,
+                    Campaign.ingested_at.is_not(None),
+                    Campaign.end_at > now,
+                )
+                .order_by(case((Chunk.campaign_id > after_campaign_id, 0), else_=1), Chunk.campaign_id, Chunk.seq)
+                .limit(1)
+            )
+            if session.bind.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True, of=Chunk)
+            chunk = (await session.scalars(query)).first()
+            if chunk is None:
+                return None
+            campaign = await session.get(Campaign, chunk.campaign_id)
+            assert campaign is not None
+            chunk.status = ChunkStatus.SUBMITTING.value
+            chunk.attempts += 1
+            chunk.lease_owner, chunk.lease_expires_at = worker, lease_until
+            chunk.updated_at = now
+            submission = Submission(
+                campaign_id=chunk.campaign_id, chunk_id=chunk.id, attempt=chunk.attempts, worker=worker,
+                started_at=now, outcome="sending", contact_count=chunk.contact_count,
+            )
+            session.add(submission)
+            await session.flush()
+            return ClaimedChunk(
+                chunk_id=chunk.id, campaign_id=campaign.id, seq=chunk.seq, attempt=chunk.attempts,
+                contact_count=chunk.contact_count, submission_id=submission.id, survey_id=campaign.survey_id,
+                instance_id=campaign.instance_id, start_at=campaign.start_at, end_at=campaign.end_at,
+                max_attempts=campaign.max_attempts, reattempt_wait=campaign.reattempt_wait,
+                result_url=campaign.result_url, contacts_header=campaign.contacts_header,
+            )
+
+    async def release_claim(self, claim: ClaimedChunk) -> None:
+        """Undo a claim whose request was never sent (shutdown between claim and POST)."""
+        async with self._write() as session:
+            await session.execute(delete(Submission).where(Submission.id == claim.submission_id))
+            await session.execute(
+                update(Chunk)
+                .where(Chunk.id == claim.chunk_id, Chunk.status == ChunkStatus.SUBMITTING.value)
+                .values(status=ChunkStatus.PENDING.value, attempts=Chunk.attempts - 1,
+                        lease_owner=None, lease_expires_at=None)
+            )
+
+    async def chunk_contacts(self, chunk_id: int) -> list[tuple[str, str | None]]:
+        """(E.164, extra JSON) of a chunk's contacts, in file order."""
+        async with self._read() as session:
+            rows = await session.execute(
+                select(Contact.phone, Contact.extra)
+                .where(Contact.chunk_id == chunk_id, Contact.status == ContactStatus.PENDING.value)
+                .order_by(Contact.row_number)
+            )
+            return [(phone, extra) for phone, extra in rows.all()]
+
+    async def next_ready_at(self, now: datetime) -> datetime | None:
+        """When the earliest waiting retry becomes ready (for the dispatcher's sleep)."""
+        async with self._read() as session:
+            return await session.scalar(
+                select(func.min(Chunk.next_attempt_at))
+                .join(Campaign, Campaign.id == Chunk.campaign_id)
+                .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.next_attempt_at > now,
+                       Campaign.status == CampaignStatus.RUNNING.value)
+            )
+
+    async def record_outcome(self, claim: ClaimedChunk, worker: str, result: Any, plan: Any, now: datetime) -> None:
+        """The submission row gets the answer; the chunk and campaign move on, in one transaction."""
+        async with self._write() as session:
+            await session.execute(
+                update(Submission)
+                .where(Submission.id == claim.submission_id)
+                .values(finished_at=now, status_code=result.status_code, outcome=result.outcome.value,
+                        error=result.error, response_excerpt=result.excerpt, latency_seconds=result.latency_seconds)
+            )
+            chunk = await session.get(Chunk, claim.chunk_id)
+            if chunk is None or chunk.lease_owner not in (worker, None) or chunk.status not in (
+                ChunkStatus.SUBMITTING.value, ChunkStatus.UNKNOWN.value
+            ):
+                return
+            await _apply_step(session, chunk, plan, now)
+            await self._refresh(session, claim.campaign_id, now)
+
+    # -- admin decisions about unknown chunks ----------------------------------------
+
+    async def resend_chunks(self, campaign_id: int | None, chunk_id: int | None, now: datetime) -> int:
+        """An admin decided: send these unknown chunks again."""
+        async with self._write() as session:
+            where = [Chunk.status == ChunkStatus.UNKNOWN.value]
+            if chunk_id is not None:
+                chunk = await session.get(Chunk, chunk_id)
+                if chunk is None:
+                    raise NotFound(f"no chunk with id {chunk_id}")
+                if chunk.status != ChunkStatus.UNKNOWN.value:
+                    raise UserError(f"chunk {chunk_id} is {chunk.status}; only unknown chunks can be resent")
+                where.append(Chunk.id == chunk_id)
+                campaign_id = chunk.campaign_id
+            else:
+                if await session.get(Campaign, campaign_id) is None:
+                    raise NotFound(f"no campaign with id {campaign_id}")
+                where.append(Chunk.campaign_id == campaign_id)
+            ids = (await session.scalars(select(Chunk.id).where(*where))).all()
+            if not ids:
+                return 0
+            await session.execute(
+                update(Chunk).where(Chunk.id.in_(ids)).values(
+                    status=ChunkStatus.PENDING.value, next_attempt_at=None, lease_owner=None,
+                    lease_expires_at=None, finished_at=None, updated_at=now,
+                    last_error="resent by an admin after an unknown outcome",
+                )
+            )
+            await session.execute(
+                update(Contact).where(Contact.chunk_id.in_(ids)).values(status=ContactStatus.PENDING.value)
+            )
+            campaign = await session.get(Campaign, campaign_id)
+            if campaign is not None and campaign.status != CampaignStatus.RUNNING.value:
+                campaign.status = CampaignStatus.SCHEDULED.value
+                campaign.finished_at = None
+            await self._refresh(session, campaign_id, now)
+            return len(ids)
+
+    # -- counters --------------------------------------------------------------------
+
+    async def _refresh(self, session: AsyncSession, campaign_id: int, now: datetime) -> None:
+        """Recompute the row's chunk counters from the chunks table; finish it when nothing is open."""
+        counts = await _count_by(session, Chunk.status, Chunk.campaign_id == campaign_id)
+        queued = await session.scalar(
+            select(func.coalesce(func.sum(Chunk.contact_count), 0)).where(
+                Chunk.campaign_id == campaign_id, Chunk.status == ChunkStatus.SUCCEEDED.value
+            )
+        )
+        campaign = await session.get(Campaign, campaign_id)
+        if campaign is None:
+            return
+        for status in ("succeeded", "failed", "rejected", "unknown", "expired", "cancelled"):
+            setattr(campaign, f"chunks_{status}", counts.get(status, 0))
+        campaign.chunks_pending = sum(counts.get(s, 0) for s in OPEN_CHUNK)
+        campaign.chunks_total = sum(n for s, n in counts.items() if s != ChunkStatus.SPLIT.value)
+        campaign.contacts_queued = int(queued or 0)
+        campaign.updated_at = now
+        status = finished_status(campaign, counts)
+        if status is not None:
+            campaign.status, campaign.finished_at = status, now
+            if status == CampaignStatus.COMPLETED_WITH_ERRORS.value and not campaign.last_error:
+                campaign.last_error = summarize_errors(counts, campaign.contacts_valid)
+
+
+def finished_status(campaign: Campaign, counts: dict[str, int]) -> str | None:
+    """A running campaign whose chunks are all final is completed, or completed with errors."""
+    if campaign.status != CampaignStatus.RUNNING.value or campaign.ingested_at is None:
+        return None
+    if any(counts.get(s, 0) for s in OPEN_CHUNK):
+        return None
+    clean = {ChunkStatus.SUCCEEDED.value, ChunkStatus.SPLIT.value}
+    if campaign.contacts_valid and all(status in clean for status in counts):
+        return CampaignStatus.COMPLETED.value
+    return CampaignStatus.COMPLETED_WITH_ERRORS.value
+
+
+def summarize_errors(counts: dict[str, int], valid: int) -> str:
+    if not valid:
+        return "no valid contacts in the file"
+    parts = [f"{counts[s]} {s}" for s in ("failed", "rejected", "unknown", "expired", "cancelled") if counts.get(s)]
+    return "chunks not queued: " + ", ".join(parts)
+
+
+def _ingestion_abandoned(row: Campaign, now: datetime, worker: str) -> bool:
+    """Its ingester's lease ran out, or it was us before a restart."""
+    return row.lease_owner in (None, worker) or row.lease_expires_at is None or row.lease_expires_at < now
+
+
+def _pg_only(session: AsyncSession) -> bool:
+    return session.bind.dialect.name == "postgresql"
+
+
+async def _apply_step(session: AsyncSession, chunk: Chunk, plan: Any, now: datetime) -> None:
+    from .retry import Step
+
+    step = plan.step
+    chunk.lease_owner, chunk.lease_expires_at, chunk.updated_at = None, None, now
+    chunk.last_error = plan.message
+    if step in (Step.PAUSE_ACCOUNT, Step.PAUSE_CAMPAIGN, Step.FAIL_CAMPAIGN):
+        # Nothing was queued and the chunk is not to blame: it waits, attempt not consumed.
+        chunk.status, chunk.attempts, chunk.next_attempt_at = ChunkStatus.PENDING.value, chunk.attempts - 1, None
+        await _stop_campaigns(session, chunk.campaign_id, step, plan.message, now)
+        return
+    if step is Step.RETRY:
+        chunk.status, chunk.next_attempt_at = ChunkStatus.PENDING.value, plan.retry_at
+        return
+    if step is Step.SPLIT:
+        await _split(session, chunk, now)
+        return
+    final = {
+        Step.SUCCEEDED: (ChunkStatus.SUCCEEDED, ContactStatus.QUEUED),
+        Step.FAILED: (ChunkStatus.FAILED, ContactStatus.FAILED),
+        Step.REJECTED: (ChunkStatus.REJECTED, ContactStatus.REJECTED),
+        Step.UNKNOWN: (ChunkStatus.UNKNOWN, ContactStatus.UNKNOWN),
+    }[step]
+    chunk.status, chunk.finished_at = final[0].value, now
+    if step is Step.SUCCEEDED:
+        chunk.last_error = None
+    values: dict[str, Any] = {"status": final[1].value}
+    if step is Step.REJECTED:
+        values["reason"] = plan.message
+    await session.execute(update(Contact).where(Contact.chunk_id == chunk.id).values(**values))
+
+
+async def _stop_campaigns(session: AsyncSession, campaign_id: int, step: Any, message: str, now: datetime) -> None:
+    from .retry import Step
+
+    if step is Step.PAUSE_ACCOUNT:
+        where = Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value])
+        values = dict(status=CampaignStatus.PAUSED.value, last_error=message)
+    elif step is Step.PAUSE_CAMPAIGN:
+        where = Campaign.id == campaign_id
+        values = dict(status=CampaignStatus.PAUSED.value, last_error=message)
+    else:
+        where = Campaign.id == campaign_id
+        values = dict(status=CampaignStatus.FAILED.value, last_error=message, finished_at=now)
+    await session.execute(update(Campaign).where(where).values(updated_at=now, **values))
+
+
+async def _split(session: AsyncSession, chunk: Chunk, now: datetime) -> None:
+    """Replace a refused chunk by two halves (file order kept) that are sent on their own."""
+    rows = (
+        await session.scalars(
+            select(Contact.row_number).where(Contact.chunk_id == chunk.id).order_by(Contact.row_number)
+        )
+    ).all()
+    first, second = halves(rows)
+    next_seq = await session.scalar(select(func.max(Chunk.seq)).where(Chunk.campaign_id == chunk.campaign_id))
+    chunk.status, chunk.finished_at = ChunkStatus.SPLIT.value, now
+    for offset, part in enumerate((first, second), start=1):
+        child = Chunk(campaign_id=chunk.campaign_id, seq=next_seq + offset, parent_id=chunk.id,
+                      status=ChunkStatus.PENDING.value, contact_count=len(part), attempts=0,
+                      created_at=now, updated_at=now)
+        session.add(child)
+        await session.flush()
+        await session.execute(
+            update(Contact)
+            .where(Contact.chunk_id == chunk.id, Contact.row_number.between(part[0], part[-1]))
+            .values(chunk_id=child.id)
+        )
+
+
+class Repository(AdminQueries, DaemonQueries):
+    """The one door to the database."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,3 +45,63 @@ def decide(
         # Plum asked for a pause: honour it, but never wait longer than the cap.
         delay = max(delay, min(retry_after_seconds, policy.max_retry_after_seconds))
     return RetryDecision(now + timedelta(seconds=delay), f"retry {attempt + 1} of {policy.max_tries} in {delay:.1f}s")
+
+
+class Step(str, enum.Enum):
+    """What happens to a chunk (and maybe its campaign) after one attempt."""
+
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"
+    FAILED = "failed"
+    SPLIT = "split"
+    REJECTED = "rejected"
+    PAUSE_ACCOUNT = "pause_account"
+    PAUSE_CAMPAIGN = "pause_campaign"
+    FAIL_CAMPAIGN = "fail_campaign"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class NextStep:
+    step: Step
+    retry_at: datetime | None = None
+    message: str | None = None
+
+
+def next_step(
+    outcome: Outcome,
+    status_code: int | None,
+    error: str | None,
+    attempt: int,
+    contact_count: int,
+    now: datetime,
+    policy: RetrySettings,
+    rand: random.Random,
+    retry_after_seconds: float | None = None,
+) -> NextStep:
+    """The ledger's rule for every outcome (the daemon issue's list), as data."""
+    said = _plum_said(status_code, error)
+    if outcome is Outcome.ACCEPTED:
+        return NextStep(Step.SUCCEEDED)
+    if outcome is Outcome.RETRYABLE:
+        decision = decide(outcome, attempt, now, policy, rand, retry_after_seconds)
+        if decision.give_up:
+            return NextStep(Step.FAILED, message=f"{decision.reason}; last: {said}")
+        return NextStep(Step.RETRY, decision.retry_at, f"{said}; {decision.reason}")
+    if outcome is Outcome.REJECTED:
+        return NextStep(Step.SPLIT if contact_count > 1 else Step.REJECTED, message=said)
+    if outcome is Outcome.AUTH:
+        if status_code == 401:
+            return NextStep(Step.PAUSE_ACCOUNT, message=f"{said}: fix insight.username / developer_key, "
+                            "then set the campaigns back to scheduled")
+        return NextStep(Step.PAUSE_CAMPAIGN, message=f"{said}: the account may not queue calls for this survey; "
+                        "fix the permission, then set status to scheduled")
+    if outcome in (Outcome.CAMPAIGN_INVALID, Outcome.CLIENT_BUG):
+        return NextStep(Step.FAIL_CAMPAIGN, message=said)
+    return NextStep(Step.UNKNOWN, message=f"{said}: the calls may have been queued; resend only after checking")
+
+
+def _plum_said(status_code: int | None, error: str | None) -> str:
+    if status_code is None:
+        return error or "no answer"
+    return f"HTTP {status_code}" + (f" from Plum: {error}" if error and not error.startswith("HTTP ") else "")

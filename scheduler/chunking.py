@@ -1,0 +1,41 @@
+"""Rows to the CSV bytes of one bulk_queue request, and how to split a chunk."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Iterable, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+def format_number(e164: str, number_format: str) -> str:
+    """How the number is written in the CSV sent to Plum (config insight.number_format)."""
+    if number_format == "e164":
+        return e164
+    if number_format == "tel":
+        return f"tel:{e164}"
+    if number_format == "digits":
+        return e164.lstrip("+")
+    raise ValueError(f"unknown number format {number_format!r}")
+
+
+def chunk_csv(
+    phone_column: str,
+    extra_names: Sequence[str],
+    rows: Iterable[tuple[str, Sequence[str]]],
+    number_format: str = "e164",
+) -> bytes:
+    """Header = the phone column first, then the contact's other columns in file order."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([phone_column, *extra_names])
+    for phone, extra in rows:
+        writer.writerow([format_number(phone, number_format), *extra])
+    return buffer.getvalue().encode("utf-8")
+
+
+def halves(items: Sequence[T]) -> tuple[Sequence[T], Sequence[T]]:
+    """Split a rejected chunk in two so only the rows Plum refuses end up rejected."""
+    middle = (len(items) + 1) // 2
+    return items[:middle], items[middle:]

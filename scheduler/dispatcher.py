@@ -1,0 +1,226 @@
+"""Drives chunks through the limits, the client and the ledger.
+
+For each request: a concurrency slot, then a rate grant, then the claim (the
+chunk becomes ``submitting`` and a ``sending`` submission row is committed),
+then the POST, then the outcome is recorded. The order matters: a chunk is
+never ``submitting`` while it waits for a limit, so a crash while waiting
+cannot make a never-sent chunk look ``unknown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from datetime import datetime, timedelta
+from typing import Callable
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .chunking import chunk_csv
+from .config import Settings
+from .errors import DatabaseError, InvalidRequest
+from .insight import BulkQueueRequest, InsightClient, SubmitResult
+from .models import Outcome
+from .ratelimit import RateLimiter
+from .repository import ClaimedChunk, Repository, utcnow
+from .retry import NextStep, Step, next_step
+
+log = logging.getLogger("scheduler.dispatcher")
+submission_log = logging.getLogger("scheduler.submission")
+
+# A submitting chunk's lease outlives its request by this much; after that any
+# daemon may declare it unknown.
+LEASE_SLACK_SECONDS = 60
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        repo: Repository,
+        client: InsightClient,
+        settings: Settings,
+        worker: str,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        rand: random.Random | None = None,
+    ) -> None:
+        self.repo = repo
+        self.client = client
+        self.worker = worker
+        self.clock = clock
+        self.rand = rand or random.Random()
+        self.settings = settings
+        self.limiter = RateLimiter(
+            settings.submission.rate_limit_per_second, settings.submission.rate_limit_margin_seconds
+        )
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slot_freed = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._last_campaign_id = 0
+        self.on_step: Callable[[ClaimedChunk, SubmitResult, NextStep], None] | None = None
+
+    # -- control -----------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def reconfigure(self, settings: Settings) -> None:
+        """New rate, concurrency, credentials and retry policy apply to the next request."""
+        self.settings = settings
+        self.limiter.configure(settings.submission.rate_limit_per_second, settings.submission.rate_limit_margin_seconds)
+        self.client.reconfigure(settings.insight)
+        self._slot_freed.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._in_flight)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop claiming; let requests in flight finish for up to the grace period."""
+        self._stopping = True
+        self.wake()
+        self._slot_freed.set()
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=grace_seconds)
+        for task in list(self._in_flight):
+            task.cancel()
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                await self._one_round()
+            except (DatabaseError, SQLAlchemyError, OSError) as exc:
+                log.error("database problem while claiming, retrying in %ss: %s",
+                          self.settings.scheduler.poll_interval_seconds, exc)
+                await asyncio.sleep(self.settings.scheduler.poll_interval_seconds)
+
+    async def _one_round(self) -> None:
+        await self._wait_for_slot()
+        await self.limiter.acquire()
+        if self._stopping:
+            return
+        claim = await self._claim_shielded()
+        if claim is None:
+            await self._idle()
+            return
+        self._last_campaign_id = claim.campaign_id
+        task = asyncio.get_running_loop().create_task(self._send(claim))
+        self._in_flight.add(task)
+        task.add_done_callback(self._finished)
+
+    async def _claim_shielded(self) -> ClaimedChunk | None:
+        # A claim that committed must not be lost to a cancellation: give it back.
+        now = self.clock()
+        lease = timedelta(seconds=self.settings.insight.timeout_seconds + LEASE_SLACK_SECONDS)
+        task = asyncio.ensure_future(
+            self.repo.claim_next_chunk(self.worker, now, now + lease, self._last_campaign_id)
+        )
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            claim = await task
+            if claim is not None:
+                await self.repo.release_claim(claim)
+            raise
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slot_freed.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("sending a chunk failed unexpectedly", exc_info=task.exception())
+
+    async def _wait_for_slot(self) -> None:
+        while len(self._in_flight) >= self.settings.submission.max_concurrency and not self._stopping:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    async def _idle(self) -> None:
+        now = self.clock()
+        timeout = self.settings.scheduler.poll_interval_seconds
+        ready_at = await self.repo.next_ready_at(now)
+        if ready_at is not None:
+            timeout = max(0.0, min(timeout, (ready_at - now).total_seconds()))
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # -- one request ----------------------------------------------------------------
+
+    async def _send(self, claim: ClaimedChunk) -> None:
+        started = asyncio.get_running_loop().time()
+        try:
+            result = await self._post(claim)
+        except asyncio.CancelledError:
+            elapsed = asyncio.get_running_loop().time() - started
+            result = SubmitResult(Outcome.UNKNOWN, None, "outcome unknown: the daemon stopped while waiting "
+                                  "for Plum's answer", None, elapsed)
+            await self._record(claim, result)
+            raise
+        await self._record(claim, result)
+
+    async def _post(self, claim: ClaimedChunk) -> SubmitResult:
+        request = await self._build_request(claim)
+        try:
+            return await self.client.bulk_queue(request)
+        except InvalidRequest as exc:
+            return SubmitResult(Outcome.CLIENT_BUG, None, f"request refused before sending: {exc}", None, 0.0)
+
+    async def _build_request(self, claim: ClaimedChunk) -> BulkQueueRequest:
+        rows = await self.repo.chunk_contacts(claim.chunk_id)
+        header = json.loads(claim.contacts_header or '{"extra": []}')
+        csv_bytes = chunk_csv(
+            self.settings.insight.phone_column,
+            header["extra"],
+            ((phone, json.loads(extra) if extra else []) for phone, extra in rows),
+            self.settings.insight.number_format,
+        )
+        return BulkQueueRequest(
+            survey_id=claim.survey_id,
+            instance_id=claim.instance_id,
+            csv_bytes=csv_bytes,
+            start_timestamp=int(max(claim.start_at, self.clock()).timestamp()),
+            end_timestamp=int(claim.end_at.timestamp()),
+            max_attempts=claim.max_attempts,
+            reattempt_wait=claim.reattempt_wait,
+            result_url=claim.result_url,
+        )
+
+    async def _record(self, claim: ClaimedChunk, result: SubmitResult) -> None:
+        plan = next_step(
+            result.outcome, result.status_code, result.error, claim.attempt, claim.contact_count, self.clock(),
+            self.settings.submission.retry, self.rand, result.retry_after_seconds,
+        )
+        # Shielded: a shutdown must never lose an outcome row.
+        task = asyncio.ensure_future(self.repo.record_outcome(claim, self.worker, result, plan, self.clock()))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await task
+            raise
+        finally:
+            self._log(claim, result, plan)
+        if plan.step in (Step.SPLIT, Step.RETRY):
+            self.wake()
+        if self.on_step is not None:
+            self.on_step(claim, result, plan)
+
+    def _log(self, claim: ClaimedChunk, result: SubmitResult, plan: NextStep) -> None:
+        fields = {
+            "campaign": claim.campaign_id, "chunk": claim.chunk_id, "attempt": claim.attempt,
+            "status_code": result.status_code, "outcome": result.outcome.value, "next": plan.step.value,
+            "latency_seconds": round(result.latency_seconds, 4), "contacts": claim.contact_count,
+        }
+        level = logging.INFO if result.outcome is Outcome.ACCEPTED else logging.WARNING
+        text = " ".join(f"{k}={v}" for k, v in fields.items())
+        if result.error and result.outcome is not Outcome.ACCEPTED:
+            text += f" error={result.error!r}"
+        submission_log.log(level, "submission %s", text, extra={"fields": fields | {"error": result.error}})

@@ -1,0 +1,49 @@
+"""Request pacing: a GCRA with a burst of one, so grants are evenly spaced.
+
+aiolimiter's leaky bucket lets a full bucket through at start-up, which puts
+up to twice the rate into the first second; Plum counts requests per second,
+so we space every grant by ``(1 + margin) / rate`` from the very first one.
+At most ``ceil(rate)`` grants then fall in any one-second window, even with
+``margin`` seconds of jitter between a grant and the request reaching Plum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Awaitable, Callable
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        rate_per_second: float,
+        margin_seconds: float = 0.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self._next_allowed = 0.0  # the theoretical arrival time of the next grant
+        self._lock = asyncio.Lock()
+        self.waited_seconds = 0.0
+        self.configure(rate_per_second, margin_seconds)
+
+    def configure(self, rate_per_second: float, margin_seconds: float = 0.0) -> None:
+        if rate_per_second <= 0:
+            raise ValueError("rate_per_second must be > 0")
+        self.rate_per_second = rate_per_second
+        self.interval_seconds = (1.0 + margin_seconds) / rate_per_second
+
+    async def acquire(self) -> None:
+        # The lock keeps grants in arrival order: waiters queue rather than race.
+        async with self._lock:
+            now = self._clock()
+            wait = self._next_allowed - now
+            if wait > 0:
+                self.waited_seconds += wait
+                await self._sleep(wait)
+                now = self._clock()
+            # Late grants do not earn credit for the time lost: spacing is kept.
+            self._next_allowed = max(self._next_allowed, now) + self.interval_seconds

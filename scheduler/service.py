@@ -1,0 +1,191 @@
+"""The daemon: an APScheduler tick that asks the database what to do, the
+dispatcher that sends, signals, and a clean shutdown.
+
+APScheduler only ticks (in-memory job store, this is the one module that
+imports it); everything about a campaign lives in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from datetime import datetime, timedelta
+from typing import Callable
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import db
+from .config import Settings, load_settings
+from .dispatcher import Dispatcher
+from .errors import ConfigError, DatabaseError
+from .ingest import ingest_campaign
+from .insight import InsightClient
+from .logs import SecretFilter, configure_logging
+from .models import Campaign
+from .repository import Repository, utcnow
+
+log = logging.getLogger("scheduler.service")
+
+MISFIRE_GRACE_SECONDS = 3600
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        secret_filter: SecretFilter | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.clock = clock
+        self.worker = settings.scheduler.worker_id or socket.gethostname()
+        self.secret_filter = secret_filter
+        self.stopped = asyncio.Event()
+        self.last_tick_at: datetime | None = None
+        self._ingesting: dict[int, asyncio.Task[bool]] = {}
+        self.repo: Repository | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._scheduler: AsyncIOScheduler | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self) -> int:
+        engine = db.create_engine(self.settings.database.url, pool_size=self.settings.submission.max_concurrency + 4)
+        try:
+            await db.ensure_migrated(engine)
+            self.repo = Repository(engine)
+            async with InsightClient(
+                self.settings.insight, max_concurrency=self.settings.submission.max_concurrency
+            ) as client:
+                await self._serve(client)
+        finally:
+            await engine.dispose()
+        return 0
+
+    async def _serve(self, client: InsightClient) -> None:
+        assert self.repo is not None
+        recovered = await self.repo.abandon_submitting(self.worker, self.clock())
+        if recovered:
+            log.warning("%d chunk(s) were being sent when this daemon last stopped: marked unknown "
+                        "(see `campaign show`, resend with `chunk resend`)", recovered)
+        self.dispatcher = Dispatcher(self.repo, client, self.settings, self.worker, clock=self.clock)
+        self._install_signals()
+        self._start_scheduler()
+        sending = asyncio.get_running_loop().create_task(self.dispatcher.run())
+        log.info("daemon %s started: polling every %ss, %s requests/s, %s in flight", self.worker,
+                 self.settings.scheduler.poll_interval_seconds, self.settings.submission.rate_limit_per_second,
+                 self.settings.submission.max_concurrency)
+        try:
+            await self.stopped.wait()
+        finally:
+            await self._shutdown(sending)
+
+    def _start_scheduler(self) -> None:
+        self._scheduler = AsyncIOScheduler()
+        self._scheduler.add_job(
+            self.tick, "interval", seconds=self.settings.scheduler.poll_interval_seconds,
+            coalesce=True, max_instances=1, misfire_grace_time=MISFIRE_GRACE_SECONDS,
+            next_run_time=datetime.now().astimezone(), id="tick",
+        )
+        self._scheduler.start()
+
+    async def _shutdown(self, sending: asyncio.Task[None]) -> None:
+        log.info("stopping: no new claims; waiting up to %ss for requests in flight",
+                 self.settings.scheduler.shutdown_grace_seconds)
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        assert self.dispatcher is not None
+        await self.dispatcher.stop(self.settings.scheduler.shutdown_grace_seconds)
+        sending.cancel()
+        for task in [sending, *self._ingesting.values()]:
+            task.cancel()
+        await asyncio.gather(sending, *self._ingesting.values(), return_exceptions=True)
+        log.info("stopped")
+
+    def request_stop(self) -> None:
+        self.stopped.set()
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+            loop.add_signal_handler(signal.SIGINT, self.request_stop)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+        except (NotImplementedError, RuntimeError):  # not the main thread (tests)
+            pass
+
+    # -- SIGHUP ----------------------------------------------------------------
+
+    def reload(self) -> None:
+        try:
+            settings = load_settings(self.config_path)
+        except ConfigError as exc:
+            log.error("SIGHUP: new configuration refused, keeping the old one: %s", exc)
+            return
+        self.apply_settings(settings)
+        log.info("SIGHUP: configuration reloaded (rate %s/s, concurrency %s, chunk size %s)",
+                 settings.submission.rate_limit_per_second, settings.submission.max_concurrency,
+                 settings.submission.chunk_size)
+
+    def apply_settings(self, settings: Settings) -> None:
+        if settings.database.url != self.settings.database.url:
+            log.warning("SIGHUP: database.url changes need a restart; keeping %s", db.safe_url(self.settings.database.url))
+            settings = settings.model_copy(update={"database": self.settings.database})
+        self.settings = settings
+        if self.secret_filter is not None:
+            configure_logging(settings, self.secret_filter)
+        if self.dispatcher is not None:
+            self.dispatcher.reconfigure(settings)
+
+    # -- the tick ----------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Ask the database what is due and what changed; never raise."""
+        try:
+            await self._tick()
+        except (DatabaseError, SQLAlchemyError, OSError) as exc:
+            log.error("tick: database problem, trying again next tick: %s", exc)
+        except Exception:  # noqa: BLE001 - the loop must survive anything
+            log.exception("tick failed")
+
+    async def _tick(self) -> None:
+        assert self.repo is not None and self.dispatcher is not None
+        now = self.clock()
+        await self.repo.abandon_submitting(None, now)
+        await self.repo.housekeeping(now)
+        lease_until = now + timedelta(seconds=self.settings.scheduler.lease_seconds)
+        for campaign in await self.repo.campaigns_to_start(now, self.worker):
+            if campaign.id in self._ingesting:
+                continue
+            claimed = await self.repo.claim_campaign(campaign.id, self.worker, now, lease_until)
+            if claimed is not None and claimed.ingested_at is None:
+                self._start_ingestion(claimed)
+            elif claimed is not None:
+                log.info("campaign %s running", claimed.id)
+        self.last_tick_at = now
+        self.dispatcher.wake()
+
+    def _start_ingestion(self, campaign: Campaign) -> None:
+        assert self.repo is not None
+        log.info("campaign %s: ingesting %s", campaign.id, campaign.contacts_path)
+        task = asyncio.get_running_loop().create_task(
+            ingest_campaign(self.repo, campaign, self.settings, self.worker, self.clock)
+        )
+        self._ingesting[campaign.id] = task
+        task.add_done_callback(lambda t, cid=campaign.id: self._ingested(cid, t))
+
+    def _ingested(self, campaign_id: int, task: asyncio.Task[bool]) -> None:
+        self._ingesting.pop(campaign_id, None)
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error("campaign %s: ingestion failed unexpectedly", campaign_id, exc_info=task.exception())
+            return
+        if self.dispatcher is not None:
+            self.dispatcher.wake()

@@ -1,0 +1,93 @@
+"""The limiter with a fake clock: no real sleeps, no flakiness."""
+
+import asyncio
+
+import pytest
+
+from scheduler.ratelimit import RateLimiter
+from scheduler.simulator import max_in_window
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+    async def sleep(self, seconds):
+        self.now += seconds
+
+
+async def grant_times(rate, count, margin=0.0, jitter=None):
+    clock = FakeClock()
+    limiter = RateLimiter(rate, margin, clock=clock, sleep=clock.sleep)
+    times = []
+    for i in range(count):
+        await limiter.acquire()
+        times.append(clock.now + (jitter(i) if jitter else 0.0))
+    return times, limiter
+
+
+@pytest.mark.parametrize("rate", [0.5, 1, 2, 5, 20, 50, 100])
+async def test_no_burst_and_never_more_than_rate_in_any_second(rate):
+    times, _ = await grant_times(rate, 400, margin=0.001)
+    assert max_in_window(times, 1.0) <= max(1, int(rate))
+    # the first second already obeys the limit
+    assert sum(1 for t in times if t - times[0] < 1.0) <= max(1, int(rate))
+
+
+@pytest.mark.parametrize("rate", [5, 20, 100])
+async def test_long_run_rate_is_the_configured_rate_less_the_margin(rate):
+    times, _ = await grant_times(rate, 1000, margin=0.01)
+    achieved = (len(times) - 1) / (times[-1] - times[0])
+    assert achieved == pytest.approx(rate / 1.01, rel=1e-6)
+
+
+async def test_margin_absorbs_jitter_between_grant_and_arrival():
+    jitter = lambda i: 0.009 if i % 2 else 0.0  # noqa: E731 - alternate late arrivals
+    times, _ = await grant_times(50, 1000, margin=0.01, jitter=jitter)
+    assert max_in_window(times, 1.0) <= 50
+    unprotected, _ = await grant_times(50, 1000, margin=0.0, jitter=jitter)
+    assert max_in_window(unprotected, 1.0) > 50  # the margin is what keeps it inside
+
+
+async def test_idle_time_earns_no_burst():
+    clock = FakeClock()
+    limiter = RateLimiter(10, 0.001, clock=clock, sleep=clock.sleep)
+    await limiter.acquire()
+    clock.now += 60  # idle for a minute
+    times = []
+    for _ in range(20):
+        await limiter.acquire()
+        times.append(clock.now)
+    assert max_in_window(times, 1.0) <= 10
+
+
+async def test_concurrent_waiters_are_spaced_too():
+    clock = FakeClock()
+    limiter = RateLimiter(4, clock=clock, sleep=clock.sleep)
+    times = []
+
+    async def one():
+        await limiter.acquire()
+        times.append(clock.now)
+
+    await asyncio.gather(*(one() for _ in range(12)))
+    assert [round(b - a, 6) for a, b in zip(times, times[1:])] == [0.25] * 11
+
+
+async def test_reconfigure_changes_spacing():
+    clock = FakeClock()
+    limiter = RateLimiter(1, clock=clock, sleep=clock.sleep)
+    await limiter.acquire()
+    limiter.configure(10)
+    await limiter.acquire()
+    first = clock.now
+    await limiter.acquire()
+    assert clock.now - first == pytest.approx(0.1)
+
+
+def test_rate_must_be_positive():
+    with pytest.raises(ValueError):
+        RateLimiter(0)
