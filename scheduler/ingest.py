@@ -106,5 +106,9 @@ async def _stream_into_database(
         chunks, contact_rows = assigner.assign(batch)
         await repo.add_ingested_batch(campaign.id, chunks, contact_rows)
         await repo.extend_campaign_lease(campaign.id, worker, clock() + lease)
+    if assigner.counts["total"] == 0:
+        raise ContactsFileError(
+            f"contacts file {campaign.contacts_path} has a header row ({', '.join(header.extra_names + (header.phone_name,))}) but no contacts"
+        )
     header_json = json.dumps({"phone": header.phone_name, "extra": list(header.extra_names)}, ensure_ascii=False)
     return header_json, assigner.counts

@@ -40,8 +40,10 @@ class Daemon:
         config_path: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         secret_filter: SecretFilter | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self.settings = settings
+        self.handle_signals = handle_signals
         self.config_path = config_path
         self.clock = clock
         self.worker = settings.scheduler.worker_id or socket.gethostname()
@@ -112,6 +114,8 @@ class Daemon:
         self.stopped.set()
 
     def _install_signals(self) -> None:
+        if not self.handle_signals:
+            return
         loop = asyncio.get_running_loop()
         try:
             loop.add_signal_handler(signal.SIGTERM, self.request_stop)

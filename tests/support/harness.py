@@ -1,0 +1,112 @@
+"""Runs the real daemon in the test's event loop against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import random
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import phonenumbers
+from sqlalchemy import text
+
+from scheduler.config import Settings
+from scheduler.repository import NewCampaign, Repository
+from scheduler.service import Daemon
+from scheduler.simulator import InsightSimulator, SimulatorSettings
+
+AREA_CODES = (212, 312, 415, 617, 303, 808, 702, 206)
+
+
+def valid_numbers(count: int, seed: int = 1) -> list[str]:
+    """Distinct national US numbers that phonenumbers judges valid."""
+    rand = random.Random(seed)
+    found: dict[str, None] = {}
+    while len(found) < count:
+        raw = f"{rand.choice(AREA_CODES)}{rand.randint(200, 999)}{rand.randint(0, 9999):04d}"
+        if phonenumbers.is_valid_number(phonenumbers.parse(raw, "US")):
+            found[raw] = None
+    return list(found)
+
+
+def e164(raw: str) -> str:
+    return phonenumbers.format_number(phonenumbers.parse(raw, "US"), phonenumbers.PhoneNumberFormat.E164)
+
+
+def write_contacts(path: Path, numbers: list[str], header: tuple[str, ...] = ("phone_number", "name")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for i, number in enumerate(numbers):
+            writer.writerow([number, f"Zoë, \"{i}\""][: len(header)])
+    return path
+
+
+def settings_for(db_url: str, base_url: str, **submission) -> Settings:
+    sub = dict(chunk_size=10, max_concurrency=4, rate_limit_per_second=50.0,
+               retry=dict(max_tries=5, initial_backoff_seconds=0.05, max_backoff_seconds=0.2))
+    sub.update(submission)
+    return Settings.model_validate({
+        "database": {"url": db_url},
+        "insight": {"base_url": base_url, "developer_key": "right-key", "timeout_seconds": 3,
+                    "connect_timeout_seconds": 1},
+        "submission": sub,
+        "scheduler": {"poll_interval_seconds": 0.2, "worker_id": "test-worker", "shutdown_grace_seconds": 2},
+    })
+
+
+def campaign(contacts: Path, **overrides) -> NewCampaign:
+    now = datetime.now(timezone.utc)
+    fields = dict(name="c", survey_id="77", instance_id="3", contacts_path=str(contacts),
+                  start_at=now - timedelta(seconds=1), end_at=now + timedelta(hours=1))
+    fields.update(overrides)
+    return NewCampaign(**fields)
+
+
+@asynccontextmanager
+async def simulator(**settings):
+    sim = InsightSimulator(SimulatorSettings(developer_key="right-key", seed=5, **settings))
+    await sim.start()
+    try:
+        yield sim
+    finally:
+        await sim.stop()
+
+
+@asynccontextmanager
+async def running_daemon(settings: Settings):
+    daemon = Daemon(settings, handle_signals=False)
+    task = asyncio.get_running_loop().create_task(daemon.run())
+    try:
+        yield daemon
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_for(repo: Repository, campaign_id: int, statuses: set[str], timeout: float = 30.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        row = await repo.get_campaign(campaign_id)
+        if row.status in statuses:
+            return row
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"campaign {campaign_id} stayed {row.status} ({row.last_error})")
+        await asyncio.sleep(0.05)
+
+
+async def scalar(repo: Repository, sql: str, **params):
+    async with repo.engine.connect() as conn:
+        return (await conn.execute(text(sql), params)).scalar()
+
+
+async def rows(repo: Repository, sql: str, **params):
+    async with repo.engine.connect() as conn:
+        return (await conn.execute(text(sql), params)).all()
+
+
+async def execute(repo: Repository, sql: str, **params):
+    async with repo.engine.begin() as conn:
+        await conn.execute(text(sql), params)
