@@ -1,0 +1,77 @@
+import random
+from datetime import datetime, timezone
+
+import pytest
+
+from scheduler.chunking import chunk_csv, format_number, halves
+from scheduler.config import RetrySettings
+from scheduler.contacts import ParsedContact
+from scheduler.ingest import ChunkAssigner
+from scheduler.models import Outcome
+from scheduler.retry import Step, next_step
+
+
+def test_chunk_csv_puts_the_phone_first_and_quotes_what_needs_it():
+    data = chunk_csv("phone_number", ["name", "note"], [("+16172531000", ["Zoë", 'says "hi", ok'])])
+    assert data.decode() == 'phone_number,name,note\n+16172531000,Zoë,"says ""hi"", ok"\n'
+
+
+@pytest.mark.parametrize("fmt, out", [("e164", "+16172531000"), ("tel", "tel:+16172531000"), ("digits", "16172531000")])
+def test_number_formats(fmt, out):
+    assert format_number("+16172531000", fmt) == out
+
+
+@pytest.mark.parametrize("items, first, second", [([1], [1], []), ([1, 2], [1], [2]), ([1, 2, 3], [1, 2], [3])])
+def test_halves(items, first, second):
+    assert halves(items) == (first, second)
+
+
+def contact(n, status="pending"):
+    return ParsedContact(n, "x", "+1" if status != "invalid" else None, (), status)
+
+
+def test_assigner_fills_chunks_in_file_order_skipping_invalid_rows():
+    assigner = ChunkAssigner(chunk_size=2)
+    chunks, rows = assigner.assign([contact(1), contact(2, "invalid"), contact(3), contact(4), contact(5, "duplicate")])
+    assert chunks == [(0, 0), (1, 0)]
+    assert [r["chunk_seq"] for r in rows] == [0, None, 0, 1, None]
+    chunks, rows = assigner.assign([contact(6), contact(7)])
+    assert chunks == [(2, 0)]  # chunk 1 continues from the previous batch
+    assert [r["chunk_seq"] for r in rows] == [1, 2]
+    assert assigner.counts == {"total": 7, "valid": 5, "invalid": 1, "duplicate": 1}
+
+
+NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
+POLICY = RetrySettings(max_tries=3)
+
+
+@pytest.mark.parametrize(
+    "outcome, code, attempt, contacts, step",
+    [
+        (Outcome.ACCEPTED, 200, 1, 10, Step.SUCCEEDED),
+        (Outcome.RETRYABLE, 500, 1, 10, Step.RETRY),
+        (Outcome.RETRYABLE, None, 2, 10, Step.RETRY),
+        (Outcome.RETRYABLE, 503, 3, 10, Step.FAILED),
+        (Outcome.REJECTED, 400, 1, 10, Step.SPLIT),
+        (Outcome.REJECTED, 200, 1, 2, Step.SPLIT),
+        (Outcome.REJECTED, 400, 1, 1, Step.REJECTED),
+        (Outcome.AUTH, 401, 1, 10, Step.PAUSE_ACCOUNT),
+        (Outcome.AUTH, 403, 1, 10, Step.PAUSE_CAMPAIGN),
+        (Outcome.CAMPAIGN_INVALID, 404, 1, 10, Step.FAIL_CAMPAIGN),
+        (Outcome.CAMPAIGN_INVALID, 409, 1, 10, Step.FAIL_CAMPAIGN),
+        (Outcome.CLIENT_BUG, 415, 1, 10, Step.FAIL_CAMPAIGN),
+        (Outcome.UNKNOWN, 502, 1, 10, Step.UNKNOWN),
+        (Outcome.UNKNOWN, None, 1, 10, Step.UNKNOWN),
+    ],
+)
+def test_next_step_for_every_outcome(outcome, code, attempt, contacts, step):
+    plan = next_step(outcome, code, "msg", attempt, contacts, NOW, POLICY, random.Random(1))
+    assert plan.step is step
+    assert (plan.retry_at is not None) == (step is Step.RETRY)
+
+
+def test_messages_name_the_code_and_what_to_do():
+    plan = next_step(Outcome.AUTH, 401, "bad credentials", 1, 5, NOW, POLICY, random.Random(1))
+    assert plan.message.startswith("HTTP 401 from Plum: bad credentials") and "developer_key" in plan.message
+    gave_up = next_step(Outcome.RETRYABLE, 500, "database error", 3, 5, NOW, POLICY, random.Random(1))
+    assert gave_up.message == "gave up after 3 attempts; last: HTTP 500 from Plum: database error"
