@@ -157,6 +157,10 @@ class Dispatcher:
 
     async def _send(self, claim: ClaimedChunk) -> None:
         started = asyncio.get_running_loop().time()
+        if int(claim.end_at.timestamp()) <= int(self.clock().timestamp()) + 1:
+            # The window closed between the claim and now: nothing to ask Plum for.
+            await self.repo.release_claim(claim, expired_at=self.clock())
+            return
         try:
             result = await self._post(claim)
         except asyncio.CancelledError:

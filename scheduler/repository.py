@@ -451,16 +451,27 @@ class DaemonQueries:
                 result_url=campaign.result_url, contacts_header=campaign.contacts_header,
             )
 
-    async def release_claim(self, claim: ClaimedChunk) -> None:
-        """Undo a claim whose request was never sent (shutdown between claim and POST)."""
+    async def release_claim(self, claim: ClaimedChunk, expired_at: datetime | None = None) -> None:
+        """Undo a claim whose request was never sent: back to pending (shutdown between
+        claim and POST), or expired (the campaign's window closed meanwhile)."""
+        values: dict[str, Any] = dict(status=ChunkStatus.PENDING.value, attempts=Chunk.attempts - 1,
+                                      lease_owner=None, lease_expires_at=None)
+        if expired_at is not None:
+            values.update(status=ChunkStatus.EXPIRED.value, finished_at=expired_at,
+                          last_error="still unsent at the campaign's end_at")
         async with self._write() as session:
             await session.execute(delete(Submission).where(Submission.id == claim.submission_id))
             await session.execute(
                 update(Chunk)
                 .where(Chunk.id == claim.chunk_id, Chunk.status == ChunkStatus.SUBMITTING.value)
-                .values(status=ChunkStatus.PENDING.value, attempts=Chunk.attempts - 1,
-                        lease_owner=None, lease_expires_at=None)
+                .values(**values)
             )
+            if expired_at is not None:
+                await session.execute(
+                    update(Contact).where(Contact.chunk_id == claim.chunk_id)
+                    .values(status=ContactStatus.EXPIRED.value)
+                )
+                await self._refresh(session, claim.campaign_id, expired_at)
 
     async def chunk_contacts(self, chunk_id: int) -> list[tuple[str, str | None]]:
         """(E.164, extra JSON) of a chunk's contacts, in file order."""

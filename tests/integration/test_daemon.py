@@ -277,3 +277,21 @@ async def test_small_campaign_is_not_starved_behind_a_large_one(repo, db_url, tm
             await wait_for(repo, s.id, FINAL)
             big_row = await repo.get_campaign(b.id)
     assert big_row.status == "running", "the small campaign should finish long before the big one"
+
+
+async def test_chunks_unsent_at_end_at_expire(repo, db_url, tmp_path):
+    contacts = write_contacts(tmp_path / "c.csv", valid_numbers(100))
+    async with simulator() as sim:
+        settings = settings_for(db_url, sim.base_url, rate_limit_per_second=2, max_concurrency=1)
+        now = datetime.now(timezone.utc)
+        row = await repo.create_campaign(campaign(contacts, end_at=now + timedelta(seconds=4)))
+        async with running_daemon(settings):
+            done = await wait_for(repo, row.id, FINAL, timeout=10)
+        sent = len(sim.requests)
+    assert done.status == "completed_with_errors"
+    assert 1 <= sent <= 9
+    assert done.chunks_expired == 10 - sent
+    assert "expired" in done.last_error
+    assert await scalar(repo, "SELECT count(*) FROM contacts WHERE status = 'expired'") == (10 - sent) * 10
+    # every request carried the campaign's end as end_timestamp
+    assert {r.fields["end_timestamp"] for r in sim.requests} == {str(int(row.end_at.timestamp()))}
