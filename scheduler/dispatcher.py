@@ -60,6 +60,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._last_campaign_id = 0
+        self._loop_task: asyncio.Task | None = None
         self.on_step: Callable[[ClaimedChunk, SubmitResult, NextStep], None] | None = None
 
     # -- control -----------------------------------------------------------------
@@ -83,6 +84,7 @@ class Dispatcher:
         self._stopping = True
         self.wake()
         self._slot_freed.set()
+        await self._stop_claiming()
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=grace_seconds)
         for task in list(self._in_flight):
@@ -92,7 +94,19 @@ class Dispatcher:
 
     # -- the loop ----------------------------------------------------------------
 
+    async def _stop_claiming(self) -> None:
+        # The loop may be mid-claim: let that round end (it may start one last
+        # request, which is then waited for like the others) before counting.
+        loop_task = self._loop_task
+        if loop_task is None or loop_task.done():
+            return
+        done, _ = await asyncio.wait({loop_task}, timeout=self.limiter.interval_seconds + 1.0)
+        if not done:
+            loop_task.cancel()
+            await asyncio.gather(loop_task, return_exceptions=True)
+
     async def run(self) -> None:
+        self._loop_task = asyncio.current_task()
         while not self._stopping:
             try:
                 await self._one_round()

@@ -191,7 +191,8 @@ async def test_404_and_409_fail_their_campaign_quickly_and_others_go_on(repo, db
         missing = await repo.create_campaign(campaign(contacts, survey_id="404"))
         stale = await repo.create_campaign(campaign(contacts, survey_id="88", instance_id="0"))
         fine = await repo.create_campaign(campaign(contacts))
-        async with running_daemon(settings_for(db_url, sim.base_url)):
+        # one request at a time: a second request of a failed campaign could only start after the answer
+        async with running_daemon(settings_for(db_url, sim.base_url, max_concurrency=1)):
             a = await wait_for(repo, missing.id, FINAL, timeout=5)
             b = await wait_for(repo, stale.id, FINAL, timeout=5)
             c = await wait_for(repo, fine.id, FINAL)
