@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_campaign_commands(commands)
     _add_simulate_command(commands)
+    demo = commands.add_parser("demo", help="run the real daemon against the simulator on a throw-away database")
+    demo.add_argument("--contacts", type=int, default=5000, metavar="N", help="contacts to generate (default 5000)")
+    demo.add_argument("--rate", type=float, default=20.0, metavar="R", help="requests per second (default 20)")
+    demo.add_argument("--fail-rate", type=float, default=0.05, metavar="P", help="simulated HTTP 500s (default 0.05)")
+    demo.add_argument("--chunk-size", type=int, default=100, metavar="N", help="contacts per request (default 100)")
+    demo.add_argument("--keep", action="store_true", help="keep the database for `campaign show`")
+    demo.set_defaults(handler=cmd_demo, needs_config=False)
     commands.add_parser("run", help="run the daemon (until SIGTERM / SIGINT; SIGHUP reloads config)").set_defaults(
         handler=cmd_run
     )
@@ -364,6 +371,25 @@ async def cmd_campaign_cancel(args: argparse.Namespace, settings: Settings) -> i
     return await _change(args, settings, CampaignStatus.CANCELLED)
 
 
+async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import DemoOptions, run_demo
+
+    problems = []
+    if args.contacts < 1:
+        problems.append("--contacts: must be >= 1")
+    if args.rate <= 0:
+        problems.append("--rate: must be > 0")
+    if not 0 <= args.fail_rate < 1:
+        problems.append("--fail-rate: must be >= 0 and < 1")
+    if args.chunk_size < 1:
+        problems.append("--chunk-size: must be >= 1")
+    if problems:
+        raise UserError("\n".join(problems))
+    options = DemoOptions(contacts=args.contacts, rate=args.rate, fail_rate=args.fail_rate,
+                          chunk_size=args.chunk_size, keep=args.keep)
+    return await run_demo(options, _console())
+
+
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from .logs import configure_logging
     from .service import Daemon
@@ -400,7 +426,7 @@ def _console() -> Console:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
+        settings = load_settings(args.config) if getattr(args, "needs_config", True) else Settings()
         return asyncio.run(args.handler(args, settings))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

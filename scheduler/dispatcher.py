@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .chunking import chunk_csv
 from .config import Settings
+from .contacts import unpack_extra
 from .errors import DatabaseError, InvalidRequest
 from .insight import BulkQueueRequest, InsightClient, SubmitResult
 from .models import Outcome
@@ -194,11 +195,11 @@ class Dispatcher:
 
     async def _build_request(self, claim: ClaimedChunk) -> BulkQueueRequest:
         rows = await self.repo.chunk_contacts(claim.chunk_id)
-        header = json.loads(claim.contacts_header or '{"extra": []}')
+        names = json.loads(claim.contacts_header or '{"extra": []}')["extra"]
         csv_bytes = chunk_csv(
             self.settings.insight.phone_column,
-            header["extra"],
-            ((phone, json.loads(extra) if extra else []) for phone, extra in rows),
+            names,
+            ((phone, unpack_extra(extra, len(names))) for phone, extra in rows),
             self.settings.insight.number_format,
         )
         return BulkQueueRequest(

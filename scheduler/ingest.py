@@ -6,16 +6,19 @@ write every contact and every chunk. Nothing is sent until this has finished
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import json
 import logging
+import multiprocessing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 from .config import Settings
-from .contacts import ContactsFileError, ParsedContact, iter_contacts
+from .contacts import ContactsFileError, ContactsHeader, ParsedContact, iter_contacts, pack_extra
+from .repository import ContactTuple
 from .models import Campaign
 from .repository import Repository
 from .rules import WaitBounds, campaign_problems
@@ -23,6 +26,8 @@ from .rules import WaitBounds, campaign_problems
 log = logging.getLogger("scheduler.ingest")
 
 BATCH_ROWS = 5000
+PROCESS_THRESHOLD_BYTES = 4 * 1024 * 1024  # ~60k contacts
+T = TypeVar("T")
 
 
 @dataclass
@@ -31,28 +36,24 @@ class ChunkAssigner:
 
     chunk_size: int
     valid: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: {"total": 0, "valid": 0, "invalid": 0, "duplicate": 0})
+    counts: dict[str, int] = field(default_factory=lambda: {"total": 0, "pending": 0, "invalid": 0, "duplicate": 0})
 
-    def assign(self, batch: list[ParsedContact]) -> tuple[list[tuple[int, int]], list[dict[str, Any]]]:
-        """New chunks (seq, 0) opened by this batch, and the contact rows to insert."""
-        new_chunks: list[tuple[int, int]] = []
-        rows: list[dict[str, Any]] = []
+    def assign(self, batch: list[ParsedContact]) -> tuple[list[int], list[ContactTuple]]:
+        """Sequence numbers of the chunks this batch opens, and the contact rows to insert."""
+        new_chunks: list[int] = []
+        rows: list[ContactTuple] = []
+        counts = self.counts
         for contact in batch:
-            self.counts["total"] += 1
             seq = None
             if contact.status == "pending":
                 seq, position = divmod(self.valid, self.chunk_size)
                 if position == 0:
-                    new_chunks.append((seq, 0))
+                    new_chunks.append(seq)
                 self.valid += 1
-                self.counts["valid"] += 1
-            else:
-                self.counts[contact.status] += 1
-            rows.append(
-                dict(row_number=contact.row_number, raw_phone=contact.raw_phone, phone=contact.phone,
-                     extra=json.dumps(contact.extra, ensure_ascii=False), status=contact.status,
-                     reason=contact.reason, chunk_seq=seq)
-            )
+            counts[contact.status] += 1
+            rows.append((contact.row_number, contact.raw_phone, contact.phone,
+                         pack_extra(contact.extra), contact.status, contact.reason, seq))
+        counts["total"] += len(batch)
         return new_chunks, rows
 
 
@@ -65,8 +66,54 @@ def row_problems(campaign: Campaign, settings: Settings) -> list[str]:
     )
 
 
-def _take(rows: Iterator[ParsedContact], count: int) -> list[ParsedContact]:
-    return list(itertools.islice(rows, count))
+def _next_batch(rows: Iterator[ParsedContact], assigner: ChunkAssigner) -> tuple[list[int], list[ContactTuple]]:
+    """Read, parse and assign one batch."""
+    return assigner.assign(list(itertools.islice(rows, BATCH_ROWS)))
+
+
+# -- where the file is parsed ------------------------------------------------------
+# Parsing is CPU-bound Python. A large file is parsed in a child process, so it
+# runs on the other core while this process writes the previous batch, and the
+# event loop never competes with it for the GIL. A small file is parsed in a
+# thread: starting a process would cost more than it saves.
+
+_child: dict[str, object] = {}
+
+
+def _child_open(path: str, candidates: list[str], region: str, chunk_size: int) -> ContactsHeader:
+    header, rows = iter_contacts(Path(path), candidates, region)
+    _child.update(rows=rows, assigner=ChunkAssigner(chunk_size))
+    return header
+
+
+def _child_next() -> tuple[list[int], list[ContactTuple]]:
+    return _next_batch(_child["rows"], _child["assigner"])  # type: ignore[arg-type]
+
+
+def _child_counts() -> dict[str, int]:
+    return dict(_child["assigner"].counts)  # type: ignore[attr-defined]
+
+
+class _Reader:
+    """Runs the _child_* functions in a worker process or, for small files, a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self._pool: concurrent.futures.Executor
+        try:
+            large = path.stat().st_size >= PROCESS_THRESHOLD_BYTES
+        except OSError:
+            large = False  # iter_contacts reports the problem
+        if large:
+            context = multiprocessing.get_context("spawn")
+            self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
+        else:
+            self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+
+    async def call(self, function: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 async def ingest_campaign(
@@ -95,20 +142,26 @@ async def _stream_into_database(
     repo: Repository, campaign: Campaign, settings: Settings, worker: str, clock: Callable[[], datetime]
 ) -> tuple[str, dict[str, int]]:
     contacts = settings.contacts
-    # Reading and parsing run in a worker thread, so the event loop (and every
-    # other campaign's submissions) keeps going while a large file is read.
-    header, rows = await asyncio.to_thread(
-        iter_contacts, Path(campaign.contacts_path), contacts.phone_columns, contacts.default_region
-    )
-    assigner = ChunkAssigner(campaign.chunk_size or settings.submission.chunk_size)
+    chunk_size = campaign.chunk_size or settings.submission.chunk_size
     lease = timedelta(seconds=settings.scheduler.lease_seconds)
-    while batch := await asyncio.to_thread(_take, rows, BATCH_ROWS):
-        chunks, contact_rows = assigner.assign(batch)
-        await repo.add_ingested_batch(campaign.id, chunks, contact_rows)
-        await repo.extend_campaign_lease(campaign.id, worker, clock() + lease)
-    if assigner.counts["total"] == 0:
-        raise ContactsFileError(
-            f"contacts file {campaign.contacts_path} has a header row ({', '.join(header.extra_names + (header.phone_name,))}) but no contacts"
-        )
+    reader = _Reader(Path(campaign.contacts_path))
+    try:
+        header = await reader.call(_child_open, campaign.contacts_path, list(contacts.phone_columns),
+                                   contacts.default_region, chunk_size)
+        upcoming = asyncio.ensure_future(reader.call(_child_next))
+        while True:
+            chunks, contact_rows = await upcoming
+            if not contact_rows:
+                break
+            upcoming = asyncio.ensure_future(reader.call(_child_next))  # parse the next batch meanwhile
+            await repo.add_ingested_batch(campaign.id, chunks, contact_rows)
+            await repo.extend_campaign_lease(campaign.id, worker, clock() + lease)
+        counts = await reader.call(_child_counts)
+    finally:
+        reader.close()
+    if counts["total"] == 0:
+        names = ", ".join((header.phone_name, *header.extra_names))
+        raise ContactsFileError(f"contacts file {campaign.contacts_path} has a header row ({names}) but no contacts")
     header_json = json.dumps({"phone": header.phone_name, "extra": list(header.extra_names)}, ensure_ascii=False)
-    return header_json, assigner.counts
+    counts["valid"] = counts.pop("pending")
+    return header_json, counts

@@ -198,6 +198,22 @@ class ClaimedChunk:
     contacts_header: str | None
 
 
+# (row_number, raw_phone, phone, extra JSON, status, reason, chunk_seq)
+ContactTuple = tuple[int, str, "str | None", str, str, "str | None", "int | None"]
+CONTACT_COLUMNS = ("campaign_id", "row_number", "raw_phone", "phone", "extra", "status", "reason", "chunk_id")
+
+
+async def _bulk_insert_contacts(conn: Any, records: list[tuple[Any, ...]]) -> None:
+    if not records:
+        return
+    if conn.dialect.name == "postgresql":
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.copy_records_to_table("contacts", records=records, columns=CONTACT_COLUMNS)
+        return
+    marks = ", ".join("?" for _ in CONTACT_COLUMNS)
+    await conn.exec_driver_sql(f"INSERT INTO contacts ({', '.join(CONTACT_COLUMNS)}) VALUES ({marks})", records)
+
+
 @dataclass(frozen=True)
 class ContactRow:
     campaign_id: int
@@ -355,35 +371,30 @@ class DaemonQueries:
             await session.execute(delete(Submission).where(Submission.campaign_id == campaign_id))
             await session.execute(delete(Chunk).where(Chunk.campaign_id == campaign_id))
 
-    async def add_ingested_batch(
-        self, campaign_id: int, chunks: list[tuple[int, int]], contacts: list[dict[str, Any]]
-    ) -> None:
-        """Chunks (seq, contact_count) and their contacts; contacts carry ``chunk_seq``."""
+    async def add_ingested_batch(self, campaign_id: int, new_chunks: list[int], contacts: list[ContactTuple]) -> None:
+        """New chunks (by seq) and contacts ``(row_number, raw_phone, phone, extra, status, reason, chunk_seq)``.
+
+        The hot path of a million-row ingestion: rows go to the driver as tuples
+        (executemany on SQLite, COPY on PostgreSQL), not through the ORM.
+        """
         async with self._write() as session:
-            known: dict[int, int] = {}
-            if chunks:
-                result = await session.execute(
-                    insert(Chunk).returning(Chunk.id, Chunk.seq),
-                    [dict(campaign_id=campaign_id, seq=seq, contact_count=count, status="pending",
-                          attempts=0, created_at=utcnow(), updated_at=utcnow()) for seq, count in chunks],
-                )
-                known = {seq: chunk_id for chunk_id, seq in result.all()}
-            # contacts of a chunk opened by an earlier batch
-            missing = {c["chunk_seq"] for c in contacts if c["chunk_seq"] is not None} - set(known)
-            if missing:
-                rows = await session.execute(
-                    select(Chunk.seq, Chunk.id).where(Chunk.campaign_id == campaign_id, Chunk.seq.in_(missing))
-                )
-                known.update({seq: chunk_id for seq, chunk_id in rows.all()})
-            if contacts:
+            now = utcnow()
+            if new_chunks:
                 await session.execute(
-                    insert(Contact),
-                    [
-                        {**{k: v for k, v in c.items() if k != "chunk_seq"}, "campaign_id": campaign_id,
-                         "chunk_id": None if c["chunk_seq"] is None else known[c["chunk_seq"]]}
-                        for c in contacts
-                    ],
+                    insert(Chunk),
+                    [dict(campaign_id=campaign_id, seq=seq, contact_count=0, status=ChunkStatus.PENDING.value,
+                          attempts=0, created_at=now, updated_at=now) for seq in new_chunks],
                 )
+            seqs = {c[6] for c in contacts if c[6] is not None}
+            ids: dict[int, int] = {}
+            if seqs:
+                rows = await session.execute(
+                    select(Chunk.seq, Chunk.id).where(Chunk.campaign_id == campaign_id,
+                                                      Chunk.seq.between(min(seqs), max(seqs)))
+                )
+                ids = {seq: chunk_id for seq, chunk_id in rows.all()}
+            records = [(campaign_id, *c[:6], None if c[6] is None else ids[c[6]]) for c in contacts]
+            await _bulk_insert_contacts(await session.connection(), records)
 
     async def finish_ingestion(
         self, campaign_id: int, header_json: str, counts: dict[str, int], now: datetime

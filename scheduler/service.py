@@ -54,6 +54,7 @@ class Daemon:
         self.repo: Repository | None = None
         self.dispatcher: Dispatcher | None = None
         self._scheduler: AsyncIOScheduler | None = None
+        self._tick_task: asyncio.Task | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -102,6 +103,8 @@ class Daemon:
                  self.settings.scheduler.shutdown_grace_seconds)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
+        if self._tick_task is not None and not self._tick_task.done():
+            await asyncio.wait({self._tick_task}, timeout=self.settings.scheduler.shutdown_grace_seconds)
         assert self.dispatcher is not None
         await self.dispatcher.stop(self.settings.scheduler.shutdown_grace_seconds)
         sending.cancel()
@@ -151,6 +154,7 @@ class Daemon:
 
     async def tick(self) -> None:
         """Ask the database what is due and what changed; never raise."""
+        self._tick_task = asyncio.current_task()
         try:
             await self._tick()
         except (DatabaseError, SQLAlchemyError, OSError) as exc:

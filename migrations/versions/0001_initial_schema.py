@@ -90,14 +90,11 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=32), nullable=False),
     sa.Column('reason', sa.Text(), nullable=True),
     sa.Column('chunk_id', sa.Integer(), nullable=True),
-    sa.ForeignKeyConstraint(['campaign_id'], ['campaigns.id'], name=op.f('fk_contacts_campaign_id_campaigns'), ondelete='CASCADE'),
-    sa.ForeignKeyConstraint(['chunk_id'], ['chunks.id'], name=op.f('fk_contacts_chunk_id_chunks')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_contacts')),
     sa.UniqueConstraint('campaign_id', 'row_number', name=op.f('uq_contacts_campaign_id_row_number'))
     )
     with op.batch_alter_table('contacts', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_contacts_chunk_id'), ['chunk_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_contacts_phone'), ['phone'], unique=False)
 
     op.create_table('submissions',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -132,7 +129,6 @@ def downgrade() -> None:
 
     op.drop_table('submissions')
     with op.batch_alter_table('contacts', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_contacts_phone'))
         batch_op.drop_index(batch_op.f('ix_contacts_chunk_id'))
 
     op.drop_table('contacts')

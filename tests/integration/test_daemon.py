@@ -84,7 +84,7 @@ async def test_unusable_files_fail_with_an_actionable_message_and_others_go_on(r
     cases = {
         str(tmp_path / "missing.csv"): "does not exist",
         str(binary): "is binary",
-        str(header_only): "has a header row (name, phone_number) but no contacts",
+        str(header_only): "has a header row (phone_number, name) but no contacts",
         str(phoneless): "has no phone column: looked for phone_number, destination, phone, number "
                         "(case-insensitive), found header 'name', 'email'",
         str(empty): "is empty",

@@ -2,14 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from scheduler.contacts import (
-    ContactParser,
-    ContactsFileError,
-    ContactsHeader,
-    find_phone_column,
-    iter_contacts,
-    normalise_number,
-)
+from scheduler.contacts import ContactParser, ContactsFileError, ContactsHeader, find_phone_column, iter_contacts
+from scheduler.phones import Normaliser, full_normalise
 
 CANDIDATES = ["phone_number", "destination", "phone", "number"]
 
@@ -29,9 +23,10 @@ CANDIDATES = ["phone_number", "destination", "phone", "number"]
     ],
 )
 def test_normalise_to_e164(raw, region, e164):
-    phone, reason = normalise_number(raw, region)
-    assert phone == e164
-    assert (reason is None) == (e164 is not None)
+    for normalise in (lambda r: full_normalise(r, region), Normaliser(region)):
+        phone, reason = normalise(raw)
+        assert phone == e164
+        assert (reason is None) == (e164 is not None)
 
 
 @pytest.mark.parametrize(
@@ -45,8 +40,9 @@ def test_normalise_to_e164(raw, region, e164):
     ],
 )
 def test_invalid_numbers_say_why(raw, reason):
-    phone, why = normalise_number(raw, "US")
-    assert phone is None and why.startswith(reason)
+    for normalise in (lambda r: full_normalise(r, "US"), Normaliser("US")):
+        phone, why = normalise(raw)
+        assert phone is None and why.startswith(reason)
 
 
 @pytest.mark.parametrize(
@@ -128,3 +124,14 @@ def test_bad_bytes_after_the_sniffed_head_fail_with_the_row(tmp_path):
     header, contacts = iter_contacts(write(tmp_path, data), CANDIDATES, "US")
     with pytest.raises(ContactsFileError, match="not UTF-8 text after row"):
         list(contacts)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [(), ("",), ("a",), ("a", "b"), ("", ""), ("Zoë", 'says "hi", ok', ""), ("x\x1fy", "z"), ("\x1estart", "b"),
+     ("[1, 2]",), ("multi\nline", "tab\there")],
+)
+def test_extra_columns_round_trip(values):
+    from scheduler.contacts import pack_extra, unpack_extra
+
+    assert unpack_extra(pack_extra(values), len(values)) == list(values)

@@ -1,0 +1,70 @@
+"""The fast path gives exactly what the full phonenumbers pipeline gives.
+
+CI runs a corpus of ~60k numbers; `INSIGHT_PHONE_CORPUS=1000000` runs a larger one.
+"""
+
+import os
+import random
+
+import phonenumbers
+import pytest
+
+from scheduler.phones import Normaliser, full_normalise
+
+CORPUS_SIZE = int(os.environ.get("INSIGHT_PHONE_CORPUS", "60000"))
+
+# Every area code any NANP region's metadata knows, plus the special ranges.
+NANP_AREA_CODES = sorted(
+    {f"{npa}" for npa in range(200, 1000)}
+)
+SHAPES = [
+    "{n}", "1{n}", "+1{n}", "+1 {a} {b} {c}", "({a}) {b}-{c}", "{a}-{b}-{c}", "{a}.{b}.{c}", "1 ({a}) {b}-{c}",
+    "+1-{a}-{b}-{c}", " {n} ", "1-{a}-{b}-{c}", "({a}){b}-{c}", "{a} {b} {c}", "+1({a}){b}{c}", "{a}{b} {c}",
+]
+ODD = ["", "  ", "12345", "0{n}", "11{n}", "+2{n}", "{n}0", "{n} x12", "{n};ext=1", "tel:+1{n}", "({a} {b}-{c}",
+       "{a}-{b}-{c}.", "+1 ({a} {b} {c}", "1{n}1", "+{n}", "++1{n}", "{a}/{b}/{c}", "phone: {n}", "{a}-{b}-{c}-"]
+
+
+def corpus(size: int, seed: int = 2026):
+    rand = random.Random(seed)
+    for i in range(size):
+        npa = rand.choice(NANP_AREA_CODES)
+        # bias the exchange towards edge digits that patterns care about
+        nxx = rand.choice([f"{rand.randint(0, 999):03d}", f"{rand.choice('0123456789')}{rand.choice('0159')}{rand.randint(0, 9)}"])
+        line = f"{rand.randint(0, 9999):04d}"
+        n = f"{npa}{nxx}{line}"
+        shape = rand.choice(SHAPES if i % 5 else ODD)
+        yield shape.format(n=n, a=npa, b=nxx, c=line)
+
+
+@pytest.mark.parametrize("region", ["US", "CA"])
+def test_fast_path_equals_full_pipeline_on_a_large_corpus(region):
+    fast = Normaliser(region)
+    mismatches = []
+    used_fast = 0
+    for raw in corpus(CORPUS_SIZE // 2):
+        expected = full_normalise(raw, region)
+        got = fast(raw)
+        used_fast += fast._nanp_national(raw) is not None
+        if got != expected:
+            mismatches.append((raw, got, expected))
+    assert mismatches == []
+    assert used_fast > CORPUS_SIZE // 4  # the fast path really was exercised
+
+
+def test_validity_does_not_depend_on_digits_after_the_cached_prefix():
+    """For sampled 7-digit prefixes, every suffix gets the prefix's verdict."""
+    rand = random.Random(7)
+    for _ in range(400):
+        prefix = f"{rand.randint(200, 999)}{rand.randint(0, 9999):04d}"
+        verdicts = {
+            phonenumbers.is_valid_number(phonenumbers.parse(prefix + f"{rand.randint(0, 999):03d}", "US"))
+            for _ in range(25)
+        }
+        assert len(verdicts) == 1, prefix
+
+
+def test_non_nanp_regions_use_the_full_pipeline():
+    gb = Normaliser("GB")
+    assert not gb.fast
+    assert gb("020 7946 0958") == ("+442079460958", None)
