@@ -118,7 +118,9 @@ class Dispatcher:
 
     async def _one_round(self) -> None:
         await self._wait_for_slot()
-        await self.limiter.acquire()
+        # Book the next send slot; we wake one interval early to claim and build
+        # the request, then it leaves exactly at the slot (see _send).
+        slot = await self.limiter.reserve()
         if self._stopping:
             return
         claim = await self._claim_shielded()
@@ -126,7 +128,7 @@ class Dispatcher:
             await self._idle()
             return
         self._last_campaign_id = claim.campaign_id
-        task = asyncio.get_running_loop().create_task(self._send(claim))
+        task = asyncio.get_running_loop().create_task(self._send(claim, slot))
         self._in_flight.add(task)
         task.add_done_callback(self._finished)
 
@@ -170,14 +172,14 @@ class Dispatcher:
 
     # -- one request ----------------------------------------------------------------
 
-    async def _send(self, claim: ClaimedChunk) -> None:
+    async def _send(self, claim: ClaimedChunk, slot: float) -> None:
         started = asyncio.get_running_loop().time()
         if int(claim.end_at.timestamp()) <= int(self.clock().timestamp()) + 1:
             # The window closed between the claim and now: nothing to ask Plum for.
             await self.repo.release_claim(claim, expired_at=self.clock())
             return
         try:
-            result = await self._post(claim)
+            result = await self._post(claim, slot)
         except asyncio.CancelledError:
             elapsed = asyncio.get_running_loop().time() - started
             result = SubmitResult(Outcome.UNKNOWN, None, "outcome unknown: the daemon stopped while waiting "
@@ -186,8 +188,9 @@ class Dispatcher:
             raise
         await self._record(claim, result)
 
-    async def _post(self, claim: ClaimedChunk) -> SubmitResult:
+    async def _post(self, claim: ClaimedChunk, slot: float) -> SubmitResult:
         request = await self._build_request(claim)
+        await self.limiter.wait_until(slot)
         try:
             return await self.client.bulk_queue(request)
         except InvalidRequest as exc:

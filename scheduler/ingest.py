@@ -112,8 +112,8 @@ class _Reader:
     async def call(self, function: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, wait: bool) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=True)
 
 
 async def ingest_campaign(
@@ -157,8 +157,10 @@ async def _stream_into_database(
             await repo.add_ingested_batch(campaign.id, chunks, contact_rows)
             await repo.extend_campaign_lease(campaign.id, worker, clock() + lease)
         counts = await reader.call(_child_counts)
-    finally:
-        reader.close()
+    except BaseException:
+        reader.close(wait=False)
+        raise
+    await asyncio.to_thread(reader.close, True)  # reap the worker process
     if counts["total"] == 0:
         names = ", ".join((header.phone_name, *header.extra_names))
         raise ContactsFileError(f"contacts file {campaign.contacts_path} has a header row ({names}) but no contacts")

@@ -37,13 +37,29 @@ class RateLimiter:
         self.interval_seconds = (1.0 + margin_seconds) / rate_per_second
 
     async def acquire(self) -> None:
-        # The lock keeps grants in arrival order: waiters queue rather than race.
+        """Wait for the next slot."""
+        await self.wait_until(await self.reserve(lead_seconds=0.0))
+
+    async def reserve(self, lead_seconds: float | None = None) -> float:
+        """Book the next slot and return its time, waking ``lead_seconds`` before it.
+
+        The caller prepares its request in the lead time and then calls
+        ``wait_until(slot)``: the request then leaves at the slot itself, not
+        after a variable amount of preparation.
+        """
+        lead = self.interval_seconds if lead_seconds is None else lead_seconds
+        # The lock keeps slots in booking order: waiters queue rather than race.
         async with self._lock:
             now = self._clock()
-            wait = self._next_allowed - now
-            if wait > 0:
-                self.waited_seconds += wait
-                await self._sleep(wait)
-                now = self._clock()
-            # Late grants do not earn credit for the time lost: spacing is kept.
-            self._next_allowed = max(self._next_allowed, now) + self.interval_seconds
+            slot = max(self._next_allowed, now)
+            if slot - lead > now:
+                self.waited_seconds += slot - lead - now
+                await self._sleep(slot - lead - now)
+            # A late slot earns no credit for the time lost: spacing is kept.
+            self._next_allowed = slot + self.interval_seconds
+            return slot
+
+    async def wait_until(self, slot: float) -> None:
+        delay = slot - self._clock()
+        if delay > 0:
+            await self._sleep(delay)

@@ -425,7 +425,9 @@ class DaemonQueries:
         """
         async with self._write() as session:
             query = (
-                select(Chunk)
+                select(Chunk.id, Chunk.campaign_id, Chunk.seq, Chunk.attempts, Chunk.contact_count,
+                       Campaign.survey_id, Campaign.instance_id, Campaign.start_at, Campaign.end_at,
+                       Campaign.max_attempts, Campaign.reattempt_wait, Campaign.result_url, Campaign.contacts_header)
                 .join(Campaign, Campaign.id == Chunk.campaign_id)
                 .where(
                     Chunk.status == ChunkStatus.PENDING.value,
@@ -437,29 +439,28 @@ class DaemonQueries:
                 .order_by(case((Chunk.campaign_id > after_campaign_id, 0), else_=1), Chunk.campaign_id, Chunk.seq)
                 .limit(1)
             )
-            if session.bind.dialect.name == "postgresql":
+            if _pg_only(session):
                 query = query.with_for_update(skip_locked=True, of=Chunk)
-            chunk = (await session.scalars(query)).first()
-            if chunk is None:
+            row = (await session.execute(query)).first()
+            if row is None:
                 return None
-            campaign = await session.get(Campaign, chunk.campaign_id)
-            assert campaign is not None
-            chunk.status = ChunkStatus.SUBMITTING.value
-            chunk.attempts += 1
-            chunk.lease_owner, chunk.lease_expires_at = worker, lease_until
-            chunk.updated_at = now
-            submission = Submission(
-                campaign_id=chunk.campaign_id, chunk_id=chunk.id, attempt=chunk.attempts, worker=worker,
-                started_at=now, outcome="sending", contact_count=chunk.contact_count,
+            attempt = row.attempts + 1
+            await session.execute(
+                update(Chunk).where(Chunk.id == row.id).values(
+                    status=ChunkStatus.SUBMITTING.value, attempts=attempt, lease_owner=worker,
+                    lease_expires_at=lease_until, updated_at=now)
             )
-            session.add(submission)
-            await session.flush()
+            submission_id = await session.scalar(
+                insert(Submission).returning(Submission.id).values(
+                    campaign_id=row.campaign_id, chunk_id=row.id, attempt=attempt, worker=worker, started_at=now,
+                    outcome="sending", contact_count=row.contact_count)
+            )
             return ClaimedChunk(
-                chunk_id=chunk.id, campaign_id=campaign.id, seq=chunk.seq, attempt=chunk.attempts,
-                contact_count=chunk.contact_count, submission_id=submission.id, survey_id=campaign.survey_id,
-                instance_id=campaign.instance_id, start_at=campaign.start_at, end_at=campaign.end_at,
-                max_attempts=campaign.max_attempts, reattempt_wait=campaign.reattempt_wait,
-                result_url=campaign.result_url, contacts_header=campaign.contacts_header,
+                chunk_id=row.id, campaign_id=row.campaign_id, seq=row.seq, attempt=attempt,
+                contact_count=row.contact_count, submission_id=submission_id, survey_id=row.survey_id,
+                instance_id=row.instance_id, start_at=row.start_at, end_at=row.end_at,
+                max_attempts=row.max_attempts, reattempt_wait=row.reattempt_wait,
+                result_url=row.result_url, contacts_header=row.contacts_header,
             )
 
     async def release_claim(self, claim: ClaimedChunk, expired_at: datetime | None = None) -> None:
@@ -519,7 +520,7 @@ class DaemonQueries:
             ):
                 return
             await _apply_step(session, chunk, plan, now)
-            await self._refresh(session, claim.campaign_id, now)
+            await self._refresh_if_settled(session, claim.campaign_id, now)
 
     # -- admin decisions about unknown chunks ----------------------------------------
 
@@ -560,6 +561,18 @@ class DaemonQueries:
             return len(ids)
 
     # -- counters --------------------------------------------------------------------
+
+    async def _refresh_if_settled(self, session: AsyncSession, campaign_id: int, now: datetime) -> None:
+        """After one outcome: finish the campaign at once when nothing is left open.
+
+        Counters of a campaign still sending are refreshed by every tick; doing it
+        after every request cost three queries per request.
+        """
+        still_open = await session.scalar(
+            select(Chunk.id).where(Chunk.campaign_id == campaign_id, Chunk.status.in_(OPEN_CHUNK)).limit(1)
+        )
+        if still_open is None:
+            await self._refresh(session, campaign_id, now)
 
     async def _refresh(self, session: AsyncSession, campaign_id: int, now: datetime) -> None:
         """Recompute the row's chunk counters from the chunks table; finish it when nothing is open."""
@@ -668,6 +681,9 @@ async def _split(session: AsyncSession, chunk: Chunk, now: datetime) -> None:
         )
     ).all()
     first, second = halves(rows)
+    if _pg_only(session):
+        # Two splits of one campaign at once would pick the same new seq: take turns.
+        await session.execute(select(Campaign.id).where(Campaign.id == chunk.campaign_id).with_for_update())
     next_seq = await session.scalar(select(func.max(Chunk.seq)).where(Chunk.campaign_id == chunk.campaign_id))
     chunk.status, chunk.finished_at = ChunkStatus.SPLIT.value, now
     for offset, part in enumerate((first, second), start=1):

@@ -1,0 +1,416 @@
+"""Benchmarks: measures us against the limits, all traffic on loopback.
+
+    python bench/run.py            # every row (about 4 minutes on 2 cores)
+    python bench/run.py --quick    # smaller sizes, for a smoke run
+
+Prints one markdown table. Every ratio is measured within one run, against
+the configured limit or against a baseline measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import aiohttp
+import phonenumbers
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scheduler import db  # noqa: E402
+from scheduler.config import Settings  # noqa: E402
+from scheduler.demo import generate_contacts  # noqa: E402
+from scheduler.ingest import ingest_campaign  # noqa: E402
+from scheduler.repository import NewCampaign, Repository  # noqa: E402
+from scheduler.service import Daemon  # noqa: E402
+
+KEY = "bench-key"
+PG_ADMIN = os.environ.get("INSIGHT_BENCH_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
+
+
+@dataclass
+class Row:
+    name: str
+    measured: str
+    baseline: str
+    ratio: str
+    goal: str
+    met: str
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def settings(db_url: str, base_url: str, **submission) -> Settings:
+    sub = {"chunk_size": 10, "max_concurrency": 16, "rate_limit_per_second": 50.0,
+           "retry": {"max_tries": 5, "initial_backoff_seconds": 0.1, "max_backoff_seconds": 1.0}}
+    sub.update(submission)
+    return Settings.model_validate({
+        "database": {"url": db_url},
+        "insight": {"base_url": base_url, "developer_key": KEY, "timeout_seconds": 30},
+        "submission": sub,
+        "scheduler": {"poll_interval_seconds": 0.5, "worker_id": "bench", "shutdown_grace_seconds": 5},
+        "logging": {"level": "ERROR"},
+    })
+
+
+async def fresh_sqlite(workdir: Path) -> str:
+    url = f"sqlite+aiosqlite:///{workdir / f'{uuid.uuid4().hex[:8]}.db'}"
+    engine = db.create_engine(url)
+    await db.upgrade(engine)
+    await engine.dispose()
+    return url
+
+
+async def fresh_postgres() -> str:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    name = f"insight_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_async_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'CREATE DATABASE "{name}"'))
+    await admin.dispose()
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    engine = db.create_engine(url)
+    await db.upgrade(engine)
+    await engine.dispose()
+    return url
+
+
+async def drop_postgres(url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    admin = create_async_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    async with admin.connect() as conn:
+        await conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    await admin.dispose()
+
+
+async def run_campaign(db_url: str, contacts: Path, cfg: Settings,
+                       start_at: datetime | None = None, timeout: float = 600) -> tuple[float, object]:
+    """Create a campaign, run the real daemon until it is final; wall seconds and the row."""
+    engine = db.create_engine(db_url)
+    repo = Repository(engine)
+    now = utcnow()
+    row = await repo.create_campaign(NewCampaign(
+        name="bench", survey_id="1", instance_id="1", contacts_path=str(contacts),
+        start_at=start_at or now, end_at=now + timedelta(hours=3)))
+    daemon = Daemon(cfg, handle_signals=False)
+    started = time.monotonic()
+    task = asyncio.get_running_loop().create_task(daemon.run())
+    try:
+        while True:
+            current = await repo.get_campaign(row.id)
+            if current.status in FINAL:
+                break
+            if time.monotonic() - started > timeout or task.done():
+                raise RuntimeError(f"campaign did not finish: {current.status} {current.last_error}")
+            await asyncio.sleep(0.05)
+        wall = time.monotonic() - started
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 60)
+        await engine.dispose()
+    return wall, current
+
+
+class SimProcess:
+    """The simulator in its own process, as Plum would be: it does not share our CPU core."""
+
+    def __init__(self, *flags: str) -> None:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "INSIGHT_DEVELOPER_KEY": KEY}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scheduler", "simulate", "--port", str(self.port), *flags],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tempfile.mkdtemp())
+        self.base_url = f"http://127.0.0.1:{self.port}/api"
+
+    async def __aenter__(self) -> "SimProcess":
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                await self.stats()
+                return self
+            except aiohttp.ClientError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError("simulator did not start")
+                await asyncio.sleep(0.1)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+    async def stats(self) -> dict:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{self.port}/_stats") as response:
+                return await response.json()
+
+    async def reset(self) -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"http://127.0.0.1:{self.port}/_reset") as response:
+                await response.read()
+
+
+def achieved_rate(stats: dict) -> float:
+    span = stats["last_request_at"] - stats["first_request_at"]
+    return (stats["requests"] - 1) / span if span > 0 else 0.0
+
+
+# -- 1. rate fidelity ---------------------------------------------------------------
+
+
+async def rate_fidelity(workdir: Path, rates: list[int], seconds: float) -> list[Row]:
+    rows = []
+    for rate in rates:
+        requests = int(rate * seconds)
+        contacts = generate_contacts(workdir / f"rate{rate}.csv", requests * 10, bad_every=0, repeat_every=0)
+        async with SimProcess() as sim:
+            url = await fresh_sqlite(workdir)
+            await run_campaign(url, contacts, settings(url, sim.base_url, rate_limit_per_second=rate,
+                                                       max_concurrency=16))
+            stats = await sim.stats()
+        achieved = achieved_rate(stats)
+        worst = stats["max_started_in_one_second"]
+        ok = achieved / rate >= 0.98 and worst <= rate
+        rows.append(Row(f"1. rate fidelity, R={rate}/s ({stats['requests']} requests)",
+                        f"{achieved:.2f}/s; max {worst} in any 1 s", f"R = {rate}/s",
+                        f"{achieved / rate:.3f}", ">= 0.98 and max <= R", "yes" if ok else "no"))
+    return rows
+
+
+# -- 2. latency-bound throughput -----------------------------------------------------
+
+
+async def latency_bound(workdir: Path, concurrencies: list[int], per_slot: int) -> list[Row]:
+    rows = []
+    latency = 0.1
+    for n in concurrencies:
+        requests = n * per_slot
+        contacts = generate_contacts(workdir / f"lat{n}.csv", requests * 10, bad_every=0, repeat_every=0)
+        async with SimProcess("--latency-mean-seconds", str(latency)) as sim:
+            url = await fresh_sqlite(workdir)
+            await run_campaign(url, contacts, settings(url, sim.base_url, rate_limit_per_second=5000,
+                                                       max_concurrency=n))
+            stats = await sim.stats()
+        ideal = n / latency
+        achieved = achieved_rate(stats)
+        rows.append(Row(f"2. latency-bound, N={n}, 100 ms ({stats['requests']} requests)",
+                        f"{achieved:.1f}/s (max {stats['max_in_flight']} in flight)", f"N/latency = {ideal:.0f}/s",
+                        f"{achieved / ideal:.3f}", ">= 0.90", "yes" if achieved / ideal >= 0.9 else "no"))
+    return rows
+
+
+# -- 3. ingestion at scale -------------------------------------------------------------
+
+
+def naive_floor(path: Path) -> float:
+    started = time.perf_counter()
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        for row in reader:
+            try:
+                number = phonenumbers.parse(row[1], "US")
+                if phonenumbers.is_valid_number(number):
+                    phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+            except phonenumbers.NumberParseException:
+                pass
+    return time.perf_counter() - started
+
+
+async def ingest_once(path: Path, db_url: str) -> dict:
+    """Runs in a fresh process (see --ingest-one) so peak RSS is this ingestion's alone."""
+    engine = db.create_engine(db_url)
+    repo = Repository(engine)
+    now = utcnow()
+    row = await repo.create_campaign(NewCampaign("bench", "1", "1", str(path), now, now + timedelta(hours=1)))
+    stall = 0.0
+    done = asyncio.Event()
+
+    async def watch_loop() -> None:
+        nonlocal stall
+        while not done.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.005)
+            stall = max(stall, time.perf_counter() - before - 0.005)
+
+    watcher = asyncio.get_running_loop().create_task(watch_loop())
+    started = time.perf_counter()
+    ok = await ingest_campaign(repo, row, Settings(), "bench", utcnow)
+    seconds = time.perf_counter() - started
+    done.set()
+    await watcher
+    current = await repo.get_campaign(row.id)
+    await engine.dispose()
+    return {
+        "ok": ok, "seconds": seconds, "contacts": current.contacts_total, "chunks": current.chunks_total,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "stall_ms": stall * 1000,
+    }
+
+
+def ingest_in_subprocess(path: Path, db_url: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--ingest-one", str(path), db_url],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+async def ingestion(workdir: Path, sizes: list[int]) -> tuple[list[Row], dict[int, float]]:
+    rows, sqlite_seconds = [], {}
+    for size in sizes:
+        path = generate_contacts(workdir / f"ingest{size}.csv", size)
+        floor = naive_floor(path)
+        for kind in ("sqlite", "postgresql"):
+            url = await (fresh_sqlite(workdir) if kind == "sqlite" else fresh_postgres())
+            try:
+                result = ingest_in_subprocess(path, url)
+            finally:
+                if kind == "postgresql":
+                    await drop_postgres(url)
+            if kind == "sqlite":
+                sqlite_seconds[size] = result["seconds"]
+            rss = max(result["rss_mb"], result["worker_rss_mb"])
+            goal_ok = result["stall_ms"] <= 100 and rss <= 300 and (size < 1_000_000 or result["seconds"] <= 15)
+            rows.append(Row(
+                f"3. ingest {size:,} contacts, {kind}",
+                f"{result['seconds']:.2f} s, {result['seconds'] / size * 1e6:.1f} µs/contact, peak RSS "
+                f"{result['rss_mb']:.0f} MB (+ parser process {result['worker_rss_mb']:.0f} MB), "
+                f"max loop stall {result['stall_ms']:.0f} ms",
+                f"naive floor {floor:.2f} s ({floor / size * 1e6:.1f} µs/contact)",
+                f"{floor / result['seconds']:.2f}x faster than the floor",
+                "1M <= 15 s, RSS <= 300 MB, stall <= 100 ms", "yes" if goal_ok else "no"))
+    return rows, sqlite_seconds
+
+
+# -- 4. end to end ------------------------------------------------------------------------
+
+
+async def end_to_end(workdir: Path, size: int, rate: float, ingest_seconds: float | None) -> Row:
+    path = workdir / f"ingest{size}.csv"
+    if not path.exists():
+        generate_contacts(path, size)
+    async with SimProcess() as sim:
+        url = await fresh_sqlite(workdir)
+        wall, row = await run_campaign(url, path, settings(url, sim.base_url, chunk_size=1000,
+                                                           rate_limit_per_second=rate, max_concurrency=8))
+        stats = await sim.stats()
+    sending = row.chunks_total / rate
+    ideal = sending + (ingest_seconds or 0.0)
+    return Row(f"4. end to end, {size:,} contacts, chunk 1000, {rate:g}/s",
+               f"{wall:.1f} s wall ({stats['requests']} requests, {row.contacts_queued:,} queued, "
+               f"{stats['numbers_queued_more_than_once']} twice)",
+               f"ideal {ideal:.1f} s ({sending:.0f} s sending + {ingest_seconds or 0:.1f} s ingestion)",
+               f"{wall / ideal:.3f}", "close to 1", "yes" if wall / ideal <= 1.15 else "no")
+
+
+# -- 5. what a user would write instead -------------------------------------------------------
+
+
+async def sequential_baseline(path: Path, base_url: str, chunk_size: int) -> float:
+    """Plum's PHP sample, in Python: POST one chunk, wait for the answer, next."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader)
+        rows = list(reader)
+    import base64
+
+    auth = {"Authorization": "Basic " + base64.b64encode(f"you@yourdomain.com:{KEY}".encode()).decode()}
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+        for i in range(0, len(rows), chunk_size):
+            body = "\n".join(",".join([r[1], r[0], r[2]]) for r in rows[i:i + chunk_size])
+            form = aiohttp.FormData()
+            form.add_field("csv", f"phone_number,{header[0]},{header[2]}\n{body}\n".encode(), filename="c.csv",
+                           content_type="text/csv")
+            form.add_field("start_timestamp", str(int(time.time())))
+            form.add_field("end_timestamp", str(int(time.time()) + 3600))
+            form.add_field("max_attempts", "1")
+            async with session.post(f"{base_url}/surveys/1/1/bulk_queue", data=form, headers=auth) as response:
+                await response.read()
+    return time.perf_counter() - started
+
+
+async def versus_sequential(workdir: Path, size: int) -> Row:
+    path = generate_contacts(workdir / f"seq{size}.csv", size, bad_every=0, repeat_every=0)
+    async with SimProcess("--latency-mean-seconds", "0.1") as sim:
+        baseline = await sequential_baseline(path, sim.base_url, 100)
+        await sim.reset()
+        url = await fresh_sqlite(workdir)
+        ours, _ = await run_campaign(url, path, settings(url, sim.base_url, chunk_size=100,
+                                                         rate_limit_per_second=50, max_concurrency=16))
+    return Row(f"5. vs a sequential loop, {size:,} contacts, chunk 100, 100 ms latency",
+               f"{ours:.2f} s (50/s, 16 in flight, with ingestion and polling)", f"sequential loop {baseline:.2f} s",
+               f"{baseline / ours:.1f}x speedup", "> 1", "yes" if baseline > ours else "no")
+
+
+# -- 6. pick-up latency -------------------------------------------------------------------------
+
+
+async def pickup_latency(workdir: Path, poll: float) -> Row:
+    path = generate_contacts(workdir / "pickup.csv", 50, bad_every=0, repeat_every=0)
+    async with SimProcess() as sim:
+        url = await fresh_sqlite(workdir)
+        start_at = utcnow() + timedelta(seconds=poll * 1.5)
+        cfg = settings(url, sim.base_url)
+        cfg.scheduler.poll_interval_seconds = poll
+        await run_campaign(url, path, cfg, start_at=start_at)
+        first = (await sim.stats())["first_request_at"]
+    delay = first - start_at.timestamp()
+    return Row("6. pick-up latency (start_at -> first request)", f"{delay:.2f} s",
+               f"poll_interval_seconds = {poll:g}", f"{delay / poll:.2f} of one interval", "<= 1 interval (+ ingest)",
+               "yes" if delay <= poll + 0.5 else "no")
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| benchmark | measured | baseline / limit | ratio | goal | met |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.name} | {r.measured} | {r.baseline} | {r.ratio} | {r.goal} | {r.met} |" for r in rows]
+    return "\n".join(lines)
+
+
+async def main(quick: bool) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="insight-bench-"))
+    rows: list[Row] = []
+    sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
+    rows += await rate_fidelity(workdir, [5, 20] if quick else [5, 20, 50, 100], 4 if quick else 8)
+    rows += await latency_bound(workdir, [4, 16] if quick else [4, 16, 64], 10 if quick else 25)
+    ingest_rows, sqlite_seconds = await ingestion(workdir, sizes)
+    rows += ingest_rows
+    biggest = sizes[-1]
+    rows.append(await end_to_end(workdir, biggest, 50, sqlite_seconds.get(biggest)))
+    rows.append(await versus_sequential(workdir, 5_000 if quick else 10_000))
+    rows.append(await pickup_latency(workdir, 2.0))
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    print(f"\nbench run {stamp} on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--ingest-one":
+        print(json.dumps(asyncio.run(ingest_once(Path(sys.argv[2]), sys.argv[3]))))
+        sys.exit(0)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    asyncio.run(main(parser.parse_args().quick))
