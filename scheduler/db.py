@@ -45,7 +45,10 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     except ArgumentError:
         raise DatabaseError(f"database.url: not a valid SQLAlchemy URL: {url!r}") from None
     if parsed.get_backend_name() == "sqlite":
-        engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        # Enough pooled connections for every request in flight: an overflow
+        # connection is opened (pragmas and all) and closed for each use.
+        engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                                     pool_size=pool_size, max_overflow=pool_size)
         _install_sqlite_hooks(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":

@@ -77,25 +77,31 @@ def _next_batch(rows: Iterator[ParsedContact], assigner: ChunkAssigner) -> tuple
 # event loop never competes with it for the GIL. A small file is parsed in a
 # thread: starting a process would cost more than it saves.
 
-_child: dict[str, object] = {}
+_process_state: dict[str, object] = {}  # a worker process serves one ingestion only
 
 
-def _child_open(path: str, candidates: list[str], region: str, chunk_size: int) -> ContactsHeader:
+def _child_open(state: dict | None, path: str, candidates: list[str], region: str, chunk_size: int) -> ContactsHeader:
     header, rows = iter_contacts(Path(path), candidates, region)
-    _child.update(rows=rows, assigner=ChunkAssigner(chunk_size))
+    (_process_state if state is None else state).update(rows=rows, assigner=ChunkAssigner(chunk_size))
     return header
 
 
-def _child_next() -> tuple[list[int], list[ContactTuple]]:
-    return _next_batch(_child["rows"], _child["assigner"])  # type: ignore[arg-type]
+def _child_next(state: dict | None) -> tuple[list[int], list[ContactTuple]]:
+    state = _process_state if state is None else state
+    return _next_batch(state["rows"], state["assigner"])  # type: ignore[arg-type]
 
 
-def _child_counts() -> dict[str, int]:
-    return dict(_child["assigner"].counts)  # type: ignore[attr-defined]
+def _child_counts(state: dict | None) -> dict[str, int]:
+    state = _process_state if state is None else state
+    return dict(state["assigner"].counts)  # type: ignore[attr-defined]
 
 
 class _Reader:
-    """Runs the _child_* functions in a worker process or, for small files, a thread."""
+    """Runs the _child_* functions in a worker process or, for small files, a thread.
+
+    A thread shares this process, so its parser state is the reader's own
+    (several campaigns may be ingested at once); a process has its own.
+    """
 
     def __init__(self, path: Path) -> None:
         self._pool: concurrent.futures.Executor
@@ -106,11 +112,13 @@ class _Reader:
         if large:
             context = multiprocessing.get_context("spawn")
             self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self._state: dict | None = None
         else:
             self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
+            self._state = {}
 
     async def call(self, function: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *args)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, self._state, *args)
 
     def close(self, wait: bool) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=True)

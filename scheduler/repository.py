@@ -6,14 +6,16 @@ dataclasses; callers never see a session or a connection.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Sequence
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from .db import READ_ONLY, describe_connect_error
 from .errors import DatabaseError, NotFound, UserError
@@ -27,7 +29,8 @@ from .models import (
     ContactStatus,
     Submission,
 )
-from .chunking import halves
+from . import ledger
+from .ledger import ClaimedChunk
 
 
 def utcnow() -> datetime:
@@ -69,12 +72,24 @@ class AdminQueries:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._write_lock: Any = asyncio.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
-        """One write transaction (BEGIN IMMEDIATE on SQLite)."""
-        async with self._translate(), self._sessions() as session, session.begin():
+        """One write transaction (BEGIN IMMEDIATE on SQLite).
+
+        SQLite has one writer at a time. Writers of this process queue on an
+        asyncio lock instead of in SQLite's busy handler, whose growing sleeps
+        (up to 100 ms each) throttled concurrent requests several-fold.
+        """
+        async with self._write_lock, self._translate(), self._sessions() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def _write_conn(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction on a plain connection, for the per-request hot paths."""
+        async with self._write_lock, self._translate(), self.engine.begin() as conn:
+            yield conn
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
@@ -175,29 +190,6 @@ def _is_connect_error(exc: DBAPIError) -> bool:
 
 # -- the daemon's queries ----------------------------------------------------------
 
-OPEN_CHUNK = (ChunkStatus.PENDING.value, ChunkStatus.SUBMITTING.value)
-
-
-@dataclass(frozen=True)
-class ClaimedChunk:
-    """Everything needed to send one chunk, read in the claiming transaction."""
-
-    chunk_id: int
-    campaign_id: int
-    seq: int
-    attempt: int
-    contact_count: int
-    submission_id: int
-    survey_id: str
-    instance_id: str
-    start_at: datetime
-    end_at: datetime
-    max_attempts: int
-    reattempt_wait: int | None
-    result_url: str | None
-    contacts_header: str | None
-
-
 # (row_number, raw_phone, phone, extra JSON, status, reason, chunk_seq)
 ContactTuple = tuple[int, str, "str | None", str, str, "str | None", "int | None"]
 CONTACT_COLUMNS = ("campaign_id", "row_number", "raw_phone", "phone", "extra", "status", "reason", "chunk_id")
@@ -270,43 +262,31 @@ class DaemonQueries:
         return len(ids)
 
     async def housekeeping(self, now: datetime) -> None:
-        """Honour admins' edits and the clock: cancel, expire, finish."""
+        """Honour admins' edits and the clock: cancel, expire, refresh counters, finish."""
         async with self._write() as session:
             cancelled = select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLED.value)
-            await session.execute(
-                update(Chunk)
-                .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.campaign_id.in_(cancelled))
-                .values(status=ChunkStatus.CANCELLED.value, finished_at=now, updated_at=now)
-            )
             ended = select(Campaign.id).where(Campaign.end_at <= now)
-            await session.execute(
-                update(Chunk)
-                .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.campaign_id.in_(ended))
-                .values(status=ChunkStatus.EXPIRED.value, finished_at=now, updated_at=now,
-                        last_error="still unsent at the campaign's end_at")
-            )
-            await self._sync_contacts_of_final_chunks(session)
-            active = (
-                await session.scalars(
-                    select(Campaign.id).where(
-                        Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.CANCELLED.value]),
-                        Campaign.ingested_at.is_not(None),
+            touched: set[int] = set()
+            for campaigns, status, reason in (
+                (cancelled, ChunkStatus.CANCELLED.value, None),
+                (ended, ChunkStatus.EXPIRED.value, "still unsent at the campaign's end_at"),
+            ):
+                closed = (
+                    await session.execute(
+                        update(Chunk)
+                        .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.campaign_id.in_(campaigns))
+                        .values(status=status, finished_at=now, updated_at=now, last_error=reason)
+                        .returning(Chunk.id, Chunk.campaign_id)
                     )
-                )
-            ).all()
-            for campaign_id in active:
-                await self._refresh(session, campaign_id, now)
-
-    async def _sync_contacts_of_final_chunks(self, session: AsyncSession) -> None:
-        for status in (ChunkStatus.CANCELLED.value, ChunkStatus.EXPIRED.value):
-            await session.execute(
-                update(Contact)
-                .where(
-                    Contact.status == ContactStatus.PENDING.value,
-                    Contact.chunk_id.in_(select(Chunk.id).where(Chunk.status == status)),
-                )
-                .values(status=status)
+                ).all()
+                await _set_contact_status(session, [chunk_id for chunk_id, _ in closed], status)
+                touched.update(campaign_id for _, campaign_id in closed)
+            running = await session.scalars(
+                select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING.value,
+                                          Campaign.ingested_at.is_not(None))
             )
+            for campaign_id in touched | set(running.all()):
+                await self._refresh(session, campaign_id, now)
 
     # -- campaigns: picking up and ingesting ----------------------------------------
 
@@ -423,45 +403,8 @@ class DaemonQueries:
         PostgreSQL: FOR UPDATE SKIP LOCKED, so replicas never wait for or take
         each other's chunk. SQLite: the BEGIN IMMEDIATE transaction is the lock.
         """
-        async with self._write() as session:
-            query = (
-                select(Chunk.id, Chunk.campaign_id, Chunk.seq, Chunk.attempts, Chunk.contact_count,
-                       Campaign.survey_id, Campaign.instance_id, Campaign.start_at, Campaign.end_at,
-                       Campaign.max_attempts, Campaign.reattempt_wait, Campaign.result_url, Campaign.contacts_header)
-                .join(Campaign, Campaign.id == Chunk.campaign_id)
-                .where(
-                    Chunk.status == ChunkStatus.PENDING.value,
-                    (Chunk.next_attempt_at.is_(None)) | (Chunk.next_attempt_at <= now),
-                    Campaign.status == CampaignStatus.RUNNING.value,
-                    Campaign.ingested_at.is_not(None),
-                    Campaign.end_at > now,
-                )
-                .order_by(case((Chunk.campaign_id > after_campaign_id, 0), else_=1), Chunk.campaign_id, Chunk.seq)
-                .limit(1)
-            )
-            if _pg_only(session):
-                query = query.with_for_update(skip_locked=True, of=Chunk)
-            row = (await session.execute(query)).first()
-            if row is None:
-                return None
-            attempt = row.attempts + 1
-            await session.execute(
-                update(Chunk).where(Chunk.id == row.id).values(
-                    status=ChunkStatus.SUBMITTING.value, attempts=attempt, lease_owner=worker,
-                    lease_expires_at=lease_until, updated_at=now)
-            )
-            submission_id = await session.scalar(
-                insert(Submission).returning(Submission.id).values(
-                    campaign_id=row.campaign_id, chunk_id=row.id, attempt=attempt, worker=worker, started_at=now,
-                    outcome="sending", contact_count=row.contact_count)
-            )
-            return ClaimedChunk(
-                chunk_id=row.id, campaign_id=row.campaign_id, seq=row.seq, attempt=attempt,
-                contact_count=row.contact_count, submission_id=submission_id, survey_id=row.survey_id,
-                instance_id=row.instance_id, start_at=row.start_at, end_at=row.end_at,
-                max_attempts=row.max_attempts, reattempt_wait=row.reattempt_wait,
-                result_url=row.result_url, contacts_header=row.contacts_header,
-            )
+        async with self._write_conn() as conn:
+            return await ledger.claim_next(conn, worker, now, lease_until, after_campaign_id)
 
     async def release_claim(self, claim: ClaimedChunk, expired_at: datetime | None = None) -> None:
         """Undo a claim whose request was never sent: back to pending (shutdown between
@@ -486,9 +429,10 @@ class DaemonQueries:
                 await self._refresh(session, claim.campaign_id, expired_at)
 
     async def chunk_contacts(self, chunk_id: int) -> list[tuple[str, str | None]]:
-        """(E.164, extra JSON) of a chunk's contacts, in file order."""
-        async with self._read() as session:
-            rows = await session.execute(
+        """(E.164, packed other columns) of a chunk's contacts, in file order."""
+        async with self._translate(), self.engine.connect() as conn:
+            await conn.execution_options(**{READ_ONLY: True})
+            rows = await conn.execute(
                 select(Contact.phone, Contact.extra)
                 .where(Contact.chunk_id == chunk_id, Contact.status == ContactStatus.PENDING.value)
                 .order_by(Contact.row_number)
@@ -507,20 +451,8 @@ class DaemonQueries:
 
     async def record_outcome(self, claim: ClaimedChunk, worker: str, result: Any, plan: Any, now: datetime) -> None:
         """The submission row gets the answer; the chunk and campaign move on, in one transaction."""
-        async with self._write() as session:
-            await session.execute(
-                update(Submission)
-                .where(Submission.id == claim.submission_id)
-                .values(finished_at=now, status_code=result.status_code, outcome=result.outcome.value,
-                        error=result.error, response_excerpt=result.excerpt, latency_seconds=result.latency_seconds)
-            )
-            chunk = await session.get(Chunk, claim.chunk_id)
-            if chunk is None or chunk.lease_owner not in (worker, None) or chunk.status not in (
-                ChunkStatus.SUBMITTING.value, ChunkStatus.UNKNOWN.value
-            ):
-                return
-            await _apply_step(session, chunk, plan, now)
-            await self._refresh_if_settled(session, claim.campaign_id, now)
+        async with self._write_conn() as conn:
+            await ledger.record(conn, claim, worker, result, plan, now)
 
     # -- admin decisions about unknown chunks ----------------------------------------
 
@@ -562,59 +494,17 @@ class DaemonQueries:
 
     # -- counters --------------------------------------------------------------------
 
-    async def _refresh_if_settled(self, session: AsyncSession, campaign_id: int, now: datetime) -> None:
-        """After one outcome: finish the campaign at once when nothing is left open.
-
-        Counters of a campaign still sending are refreshed by every tick; doing it
-        after every request cost three queries per request.
-        """
-        still_open = await session.scalar(
-            select(Chunk.id).where(Chunk.campaign_id == campaign_id, Chunk.status.in_(OPEN_CHUNK)).limit(1)
-        )
-        if still_open is None:
-            await self._refresh(session, campaign_id, now)
-
     async def _refresh(self, session: AsyncSession, campaign_id: int, now: datetime) -> None:
-        """Recompute the row's chunk counters from the chunks table; finish it when nothing is open."""
-        counts = await _count_by(session, Chunk.status, Chunk.campaign_id == campaign_id)
-        queued = await session.scalar(
-            select(func.coalesce(func.sum(Chunk.contact_count), 0)).where(
-                Chunk.campaign_id == campaign_id, Chunk.status == ChunkStatus.SUCCEEDED.value
-            )
+        """Counters and the end of a campaign, from inside an ORM transaction."""
+        await session.flush()  # Core statements below must see (and not be undone by) pending ORM changes
+        await ledger.refresh(await session.connection(), campaign_id, now)
+
+
+async def _set_contact_status(session: AsyncSession, chunk_ids: list[int], status: str) -> None:
+    for start in range(0, len(chunk_ids), 500):
+        await session.execute(
+            update(Contact).where(Contact.chunk_id.in_(chunk_ids[start:start + 500])).values(status=status)
         )
-        campaign = await session.get(Campaign, campaign_id)
-        if campaign is None:
-            return
-        for status in ("succeeded", "failed", "rejected", "unknown", "expired", "cancelled"):
-            setattr(campaign, f"chunks_{status}", counts.get(status, 0))
-        campaign.chunks_pending = sum(counts.get(s, 0) for s in OPEN_CHUNK)
-        campaign.chunks_total = sum(n for s, n in counts.items() if s != ChunkStatus.SPLIT.value)
-        campaign.contacts_queued = int(queued or 0)
-        campaign.updated_at = now
-        status = finished_status(campaign, counts)
-        if status is not None:
-            campaign.status, campaign.finished_at = status, now
-            if status == CampaignStatus.COMPLETED_WITH_ERRORS.value and not campaign.last_error:
-                campaign.last_error = summarize_errors(counts, campaign.contacts_valid)
-
-
-def finished_status(campaign: Campaign, counts: dict[str, int]) -> str | None:
-    """A running campaign whose chunks are all final is completed, or completed with errors."""
-    if campaign.status != CampaignStatus.RUNNING.value or campaign.ingested_at is None:
-        return None
-    if any(counts.get(s, 0) for s in OPEN_CHUNK):
-        return None
-    clean = {ChunkStatus.SUCCEEDED.value, ChunkStatus.SPLIT.value}
-    if campaign.contacts_valid and all(status in clean for status in counts):
-        return CampaignStatus.COMPLETED.value
-    return CampaignStatus.COMPLETED_WITH_ERRORS.value
-
-
-def summarize_errors(counts: dict[str, int], valid: int) -> str:
-    if not valid:
-        return "no valid contacts in the file"
-    parts = [f"{counts[s]} {s}" for s in ("failed", "rejected", "unknown", "expired", "cancelled") if counts.get(s)]
-    return "chunks not queued: " + ", ".join(parts)
 
 
 def _ingestion_abandoned(row: Campaign, now: datetime, worker: str) -> bool:
@@ -624,79 +514,6 @@ def _ingestion_abandoned(row: Campaign, now: datetime, worker: str) -> bool:
 
 def _pg_only(session: AsyncSession) -> bool:
     return session.bind.dialect.name == "postgresql"
-
-
-async def _apply_step(session: AsyncSession, chunk: Chunk, plan: Any, now: datetime) -> None:
-    from .retry import Step
-
-    step = plan.step
-    chunk.lease_owner, chunk.lease_expires_at, chunk.updated_at = None, None, now
-    chunk.last_error = plan.message
-    if step in (Step.PAUSE_ACCOUNT, Step.PAUSE_CAMPAIGN, Step.FAIL_CAMPAIGN):
-        # Nothing was queued and the chunk is not to blame: it waits, attempt not consumed.
-        chunk.status, chunk.attempts, chunk.next_attempt_at = ChunkStatus.PENDING.value, chunk.attempts - 1, None
-        await _stop_campaigns(session, chunk.campaign_id, step, plan.message, now)
-        return
-    if step is Step.RETRY:
-        chunk.status, chunk.next_attempt_at = ChunkStatus.PENDING.value, plan.retry_at
-        return
-    if step is Step.SPLIT:
-        await _split(session, chunk, now)
-        return
-    final = {
-        Step.SUCCEEDED: (ChunkStatus.SUCCEEDED, ContactStatus.QUEUED),
-        Step.FAILED: (ChunkStatus.FAILED, ContactStatus.FAILED),
-        Step.REJECTED: (ChunkStatus.REJECTED, ContactStatus.REJECTED),
-        Step.UNKNOWN: (ChunkStatus.UNKNOWN, ContactStatus.UNKNOWN),
-    }[step]
-    chunk.status, chunk.finished_at = final[0].value, now
-    if step is Step.SUCCEEDED:
-        chunk.last_error = None
-    values: dict[str, Any] = {"status": final[1].value}
-    if step is Step.REJECTED:
-        values["reason"] = plan.message
-    await session.execute(update(Contact).where(Contact.chunk_id == chunk.id).values(**values))
-
-
-async def _stop_campaigns(session: AsyncSession, campaign_id: int, step: Any, message: str, now: datetime) -> None:
-    from .retry import Step
-
-    if step is Step.PAUSE_ACCOUNT:
-        where = Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value])
-        values = dict(status=CampaignStatus.PAUSED.value, last_error=message)
-    elif step is Step.PAUSE_CAMPAIGN:
-        where = Campaign.id == campaign_id
-        values = dict(status=CampaignStatus.PAUSED.value, last_error=message)
-    else:
-        where = Campaign.id == campaign_id
-        values = dict(status=CampaignStatus.FAILED.value, last_error=message, finished_at=now)
-    await session.execute(update(Campaign).where(where).values(updated_at=now, **values))
-
-
-async def _split(session: AsyncSession, chunk: Chunk, now: datetime) -> None:
-    """Replace a refused chunk by two halves (file order kept) that are sent on their own."""
-    rows = (
-        await session.scalars(
-            select(Contact.row_number).where(Contact.chunk_id == chunk.id).order_by(Contact.row_number)
-        )
-    ).all()
-    first, second = halves(rows)
-    if _pg_only(session):
-        # Two splits of one campaign at once would pick the same new seq: take turns.
-        await session.execute(select(Campaign.id).where(Campaign.id == chunk.campaign_id).with_for_update())
-    next_seq = await session.scalar(select(func.max(Chunk.seq)).where(Chunk.campaign_id == chunk.campaign_id))
-    chunk.status, chunk.finished_at = ChunkStatus.SPLIT.value, now
-    for offset, part in enumerate((first, second), start=1):
-        child = Chunk(campaign_id=chunk.campaign_id, seq=next_seq + offset, parent_id=chunk.id,
-                      status=ChunkStatus.PENDING.value, contact_count=len(part), attempts=0,
-                      created_at=now, updated_at=now)
-        session.add(child)
-        await session.flush()
-        await session.execute(
-            update(Contact)
-            .where(Contact.chunk_id == chunk.id, Contact.row_number.between(part[0], part[-1]))
-            .values(chunk_id=child.id)
-        )
 
 
 class Repository(AdminQueries, DaemonQueries):

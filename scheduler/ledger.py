@@ -1,0 +1,244 @@
+"""The submission ledger's SQL: claiming a chunk, recording an outcome, moving
+the chunk and its campaign on, keeping the campaign's counters.
+
+These run once or twice per HTTP request, so they are Core statements on a
+plain connection (the ORM session cost several milliseconds per request).
+Only ``repository.Repository`` calls them, inside its transactions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import case, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from .chunking import halves
+from .models import Campaign, CampaignStatus, Chunk, ChunkStatus, Contact, ContactStatus, Submission
+from .retry import NextStep, Step
+
+OPEN_CHUNK = (ChunkStatus.PENDING.value, ChunkStatus.SUBMITTING.value)
+
+
+@dataclass(frozen=True)
+class ClaimedChunk:
+    """Everything needed to send one chunk, read in the claiming transaction."""
+
+    chunk_id: int
+    campaign_id: int
+    seq: int
+    attempt: int
+    contact_count: int
+    submission_id: int
+    survey_id: str
+    instance_id: str
+    start_at: datetime
+    end_at: datetime
+    max_attempts: int
+    reattempt_wait: int | None
+    result_url: str | None
+    contacts_header: str | None
+
+
+def is_postgres(conn: AsyncConnection) -> bool:
+    return conn.dialect.name == "postgresql"
+
+
+async def claim_next(
+    conn: AsyncConnection, worker: str, now: datetime, lease_until: datetime, after_campaign_id: int
+) -> ClaimedChunk | None:
+    """Take the next ready chunk, round-robin over campaigns (the caller's transaction is the lock)."""
+    query = (
+        select(Chunk.id, Chunk.campaign_id, Chunk.seq, Chunk.attempts, Chunk.contact_count,
+               Campaign.survey_id, Campaign.instance_id, Campaign.start_at, Campaign.end_at,
+               Campaign.max_attempts, Campaign.reattempt_wait, Campaign.result_url, Campaign.contacts_header)
+        .join(Campaign, Campaign.id == Chunk.campaign_id)
+        .where(
+            Chunk.status == ChunkStatus.PENDING.value,
+            (Chunk.next_attempt_at.is_(None)) | (Chunk.next_attempt_at <= now),
+            Campaign.status == CampaignStatus.RUNNING.value,
+            Campaign.ingested_at.is_not(None),
+            Campaign.end_at > now,
+        )
+        .order_by(case((Chunk.campaign_id > after_campaign_id, 0), else_=1), Chunk.campaign_id, Chunk.seq)
+        .limit(1)
+    )
+    if is_postgres(conn):
+        query = query.with_for_update(skip_locked=True, of=Chunk)
+    row = (await conn.execute(query)).first()
+    if row is None:
+        return None
+    attempt = row.attempts + 1
+    await conn.execute(
+        update(Chunk).where(Chunk.id == row.id).values(
+            status=ChunkStatus.SUBMITTING.value, attempts=attempt, lease_owner=worker,
+            lease_expires_at=lease_until, updated_at=now)
+    )
+    submission_id = await conn.scalar(
+        insert(Submission).returning(Submission.id).values(
+            campaign_id=row.campaign_id, chunk_id=row.id, attempt=attempt, worker=worker, started_at=now,
+            outcome="sending", contact_count=row.contact_count)
+    )
+    return ClaimedChunk(
+        chunk_id=row.id, campaign_id=row.campaign_id, seq=row.seq, attempt=attempt,
+        contact_count=row.contact_count, submission_id=submission_id, survey_id=row.survey_id,
+        instance_id=row.instance_id, start_at=row.start_at, end_at=row.end_at, max_attempts=row.max_attempts,
+        reattempt_wait=row.reattempt_wait, result_url=row.result_url, contacts_header=row.contacts_header,
+    )
+
+
+async def record(conn: AsyncConnection, claim: ClaimedChunk, worker: str, result: Any, plan: NextStep,
+                 now: datetime) -> None:
+    """The submission row gets the answer; the chunk and its campaign move on."""
+    await conn.execute(
+        update(Submission).where(Submission.id == claim.submission_id).values(
+            finished_at=now, status_code=result.status_code, outcome=result.outcome.value, error=result.error,
+            response_excerpt=result.excerpt, latency_seconds=result.latency_seconds)
+    )
+    chunk = (await conn.execute(
+        select(Chunk.status, Chunk.lease_owner).where(Chunk.id == claim.chunk_id)
+    )).first()
+    # Someone else may have declared it unknown after our lease ran out; our
+    # real answer is better than "unknown", but never overrides another owner.
+    if chunk is None or chunk.lease_owner not in (worker, None) or chunk.status not in (
+        ChunkStatus.SUBMITTING.value, ChunkStatus.UNKNOWN.value
+    ):
+        return
+    await apply_step(conn, claim, plan, now)
+    await refresh_if_settled(conn, claim.campaign_id, now)
+
+
+FINAL_STEPS = {
+    Step.SUCCEEDED: (ChunkStatus.SUCCEEDED, ContactStatus.QUEUED),
+    Step.FAILED: (ChunkStatus.FAILED, ContactStatus.FAILED),
+    Step.REJECTED: (ChunkStatus.REJECTED, ContactStatus.REJECTED),
+    Step.UNKNOWN: (ChunkStatus.UNKNOWN, ContactStatus.UNKNOWN),
+}
+
+
+async def apply_step(conn: AsyncConnection, claim: ClaimedChunk, plan: NextStep, now: datetime) -> None:
+    chunk = update(Chunk).where(Chunk.id == claim.chunk_id)
+    released = dict(lease_owner=None, lease_expires_at=None, updated_at=now, last_error=plan.message)
+    step = plan.step
+    if step in (Step.PAUSE_ACCOUNT, Step.PAUSE_CAMPAIGN, Step.FAIL_CAMPAIGN):
+        # Nothing was queued and the chunk is not to blame: it waits, its attempt not consumed.
+        await conn.execute(chunk.values(status=ChunkStatus.PENDING.value, attempts=Chunk.attempts - 1,
+                                        next_attempt_at=None, **released))
+        await stop_campaigns(conn, claim.campaign_id, step, plan.message or "", now)
+    elif step is Step.RETRY:
+        await conn.execute(chunk.values(status=ChunkStatus.PENDING.value, next_attempt_at=plan.retry_at, **released))
+    elif step is Step.SPLIT:
+        await conn.execute(chunk.values(status=ChunkStatus.SPLIT.value, finished_at=now, **released))
+        await split(conn, claim.chunk_id, claim.campaign_id, now)
+    else:
+        chunk_status, contact_status = FINAL_STEPS[step]
+        if step is Step.SUCCEEDED:
+            released["last_error"] = None
+        await conn.execute(chunk.values(status=chunk_status.value, finished_at=now, **released))
+        contacts: dict[str, Any] = {"status": contact_status.value}
+        if step is Step.REJECTED:
+            contacts["reason"] = plan.message
+        await conn.execute(update(Contact).where(Contact.chunk_id == claim.chunk_id).values(**contacts))
+
+
+async def stop_campaigns(conn: AsyncConnection, campaign_id: int, step: Step, message: str, now: datetime) -> None:
+    if step is Step.PAUSE_ACCOUNT:
+        where = Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value])
+        values: dict[str, Any] = dict(status=CampaignStatus.PAUSED.value, last_error=message)
+    elif step is Step.PAUSE_CAMPAIGN:
+        where = Campaign.id == campaign_id
+        values = dict(status=CampaignStatus.PAUSED.value, last_error=message)
+    else:
+        where = Campaign.id == campaign_id
+        values = dict(status=CampaignStatus.FAILED.value, last_error=message, finished_at=now)
+    await conn.execute(update(Campaign).where(where).values(updated_at=now, **values))
+
+
+async def split(conn: AsyncConnection, chunk_id: int, campaign_id: int, now: datetime) -> None:
+    """Replace a refused chunk by two halves (file order kept) that are sent on their own."""
+    rows = (await conn.scalars(
+        select(Contact.row_number).where(Contact.chunk_id == chunk_id).order_by(Contact.row_number)
+    )).all()
+    if is_postgres(conn):
+        # Two splits of one campaign at once would pick the same new seq: take turns.
+        await conn.execute(select(Campaign.id).where(Campaign.id == campaign_id).with_for_update())
+    next_seq = await conn.scalar(select(func.max(Chunk.seq)).where(Chunk.campaign_id == campaign_id))
+    for offset, part in enumerate(halves(rows), start=1):
+        child_id = await conn.scalar(
+            insert(Chunk).returning(Chunk.id).values(
+                campaign_id=campaign_id, seq=next_seq + offset, parent_id=chunk_id, status=ChunkStatus.PENDING.value,
+                contact_count=len(part), attempts=0, created_at=now, updated_at=now)
+        )
+        await conn.execute(
+            update(Contact)
+            .where(Contact.chunk_id == chunk_id, Contact.row_number.between(part[0], part[-1]))
+            .values(chunk_id=child_id)
+        )
+
+
+# -- counters and the end of a campaign ----------------------------------------------
+
+
+async def refresh_if_settled(conn: AsyncConnection, campaign_id: int, now: datetime) -> None:
+    """After one outcome: finish the campaign at once when nothing is left open.
+
+    Counters of a campaign still sending are refreshed by every tick; doing it
+    after every request cost three queries per request.
+    """
+    still_open = await conn.scalar(
+        select(Chunk.id).where(Chunk.campaign_id == campaign_id, Chunk.status.in_(OPEN_CHUNK)).limit(1)
+    )
+    if still_open is None:
+        await refresh(conn, campaign_id, now)
+
+
+async def refresh(conn: AsyncConnection, campaign_id: int, now: datetime) -> None:
+    """Recompute the row's chunk counters from the chunks table; finish it when nothing is open."""
+    counts: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for status, count, contacts in (await conn.execute(
+        select(Chunk.status, func.count(), func.coalesce(func.sum(Chunk.contact_count), 0))
+        .where(Chunk.campaign_id == campaign_id).group_by(Chunk.status)
+    )).all():
+        counts[status], sizes[status] = count, int(contacts)
+    campaign = (await conn.execute(
+        select(Campaign.status, Campaign.ingested_at, Campaign.contacts_valid, Campaign.last_error)
+        .where(Campaign.id == campaign_id)
+    )).first()
+    if campaign is None:
+        return
+    values: dict[str, Any] = {f"chunks_{s}": counts.get(s, 0)
+                              for s in ("succeeded", "failed", "rejected", "unknown", "expired", "cancelled")}
+    values.update(
+        chunks_pending=sum(counts.get(s, 0) for s in OPEN_CHUNK),
+        chunks_total=sum(n for s, n in counts.items() if s != ChunkStatus.SPLIT.value),
+        contacts_queued=sizes.get(ChunkStatus.SUCCEEDED.value, 0),
+        updated_at=now,
+    )
+    status = finished_status(campaign.status, campaign.ingested_at, campaign.contacts_valid, counts)
+    if status is not None:
+        values.update(status=status, finished_at=now)
+        if status == CampaignStatus.COMPLETED_WITH_ERRORS.value and not campaign.last_error:
+            values["last_error"] = summarize_errors(counts, campaign.contacts_valid)
+    await conn.execute(update(Campaign).where(Campaign.id == campaign_id).values(**values))
+
+
+def finished_status(status: str, ingested_at: datetime | None, valid: int, counts: dict[str, int]) -> str | None:
+    """A running campaign whose chunks are all final is completed, or completed with errors."""
+    if status != CampaignStatus.RUNNING.value or ingested_at is None:
+        return None
+    if any(counts.get(s, 0) for s in OPEN_CHUNK):
+        return None
+    clean = {ChunkStatus.SUCCEEDED.value, ChunkStatus.SPLIT.value}
+    if valid and all(s in clean for s in counts):
+        return CampaignStatus.COMPLETED.value
+    return CampaignStatus.COMPLETED_WITH_ERRORS.value
+
+
+def summarize_errors(counts: dict[str, int], valid: int) -> str:
+    if not valid:
+        return "no valid contacts in the file"
+    parts = [f"{counts[s]} {s}" for s in ("failed", "rejected", "unknown", "expired", "cancelled") if counts.get(s)]
+    return "chunks not queued: " + ", ".join(parts)
