@@ -2,6 +2,7 @@
 
     python bench/run.py            # every row (about 4 minutes on 2 cores)
     python bench/run.py --quick    # smaller sizes, for a smoke run
+    python bench/run.py --only 1,2 # some rows
 
 Prints one markdown table. Every ratio is measured within one run, against
 the configured limit or against a baseline measured in the same run.
@@ -166,6 +167,11 @@ class SimProcess:
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{self.port}/_stats") as response:
                 return await response.json()
+
+    async def request_times(self) -> list[float]:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{self.port}/_requests") as response:
+                return sorted(r["started"] for r in await response.json())
 
     async def reset(self) -> None:
         async with aiohttp.ClientSession() as session:
@@ -384,24 +390,82 @@ async def pickup_latency(workdir: Path, poll: float) -> Row:
                "yes" if delay <= poll + 0.5 else "no")
 
 
+# -- 7. the daemon's closing figure: 20k contacts at 50/s, with a kill -9 ------------------------
+
+
+async def kill_nine(workdir: Path, size: int, rate: float) -> Row:
+    """A real daemon process, killed with SIGKILL mid-campaign and restarted."""
+    import signal
+
+    path = generate_contacts(workdir / "kill9.csv", size, bad_every=0, repeat_every=0)
+    async with SimProcess("--latency-mean-seconds", "0.05") as sim:
+        url = await fresh_sqlite(workdir)
+        config = workdir / "kill9.yaml"
+        config.write_text(
+            f"database: {{url: '{url}'}}\ninsight: {{base_url: '{sim.base_url}', developer_key: {KEY}}}\n"
+            f"submission: {{chunk_size: 20, max_concurrency: 8, rate_limit_per_second: {rate}}}\n"
+            "scheduler: {poll_interval_seconds: 0.5, worker_id: kill9}\nlogging: {level: ERROR}\n")
+        engine = db.create_engine(url)
+        repo = Repository(engine)
+        now = utcnow()
+        row = await repo.create_campaign(NewCampaign("kill9", "1", "1", str(path), now, now + timedelta(hours=1)))
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, "-m", "scheduler", "--config", str(config), "run"]
+        proc = subprocess.Popen(command, env=env, cwd=workdir)
+        while (await sim.stats())["requests"] < size // 40:  # about half way
+            await asyncio.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = subprocess.Popen(command, env=env, cwd=workdir)
+        try:
+            while (await repo.get_campaign(row.id)).status not in FINAL:
+                await asyncio.sleep(0.2)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        done = await repo.get_campaign(row.id)
+        await engine.dispose()
+        stats = await sim.stats()
+        times = await sim.request_times()
+    # The rate of each daemon run on its own: split at the restart (the longest gap).
+    gap = max(range(1, len(times)), key=lambda i: times[i] - times[i - 1])
+    runs = [times[:gap], times[gap:]]
+    achieved = min((len(r) - 1) / (r[-1] - r[0]) for r in runs if len(r) > 20)
+    twice = stats["numbers_queued_more_than_once"]
+    ok = twice == 0 and stats["max_started_in_one_second"] <= rate and done.contacts_queued + 20 * done.chunks_unknown == size
+    return Row(f"7. kill -9 mid-campaign, {size:,} contacts, chunk 20, {rate:g}/s, restart",
+               f"{achieved:.2f}/s (slower of the two runs); max {stats['max_started_in_one_second']} in any 1 s; "
+               f"{twice} numbers queued twice; {done.contacts_queued:,} queued + {done.chunks_unknown} unknown chunks",
+               f"R = {rate:g}/s", f"{achieved / rate:.3f}", "0 twice, max <= R, nothing lost", "yes" if ok else "no")
+
+
 def table(rows: list[Row]) -> str:
     lines = ["| benchmark | measured | baseline / limit | ratio | goal | met |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.name} | {r.measured} | {r.baseline} | {r.ratio} | {r.goal} | {r.met} |" for r in rows]
     return "\n".join(lines)
 
 
-async def main(quick: bool) -> None:
+async def main(quick: bool, only: set[int]) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="insight-bench-"))
     rows: list[Row] = []
     sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
-    rows += await rate_fidelity(workdir, [5, 20] if quick else [5, 20, 50, 100], 4 if quick else 8)
-    rows += await latency_bound(workdir, [4, 16] if quick else [4, 16, 64], 10 if quick else 25)
-    ingest_rows, sqlite_seconds = await ingestion(workdir, sizes)
-    rows += ingest_rows
-    biggest = sizes[-1]
-    rows.append(await end_to_end(workdir, biggest, 50, sqlite_seconds.get(biggest)))
-    rows.append(await versus_sequential(workdir, 5_000 if quick else 10_000))
-    rows.append(await pickup_latency(workdir, 2.0))
+    wanted = (lambda n: not only or n in only)  # noqa: E731
+    if wanted(1):
+        rows += await rate_fidelity(workdir, [5, 20] if quick else [5, 20, 50, 100], 4 if quick else 8)
+    if wanted(2):
+        rows += await latency_bound(workdir, [4, 16] if quick else [4, 16, 64], 10 if quick else 25)
+    sqlite_seconds: dict[int, float] = {}
+    if wanted(3):
+        ingest_rows, sqlite_seconds = await ingestion(workdir, sizes)
+        rows += ingest_rows
+    if wanted(4):
+        rows.append(await end_to_end(workdir, sizes[-1], 50, sqlite_seconds.get(sizes[-1])))
+    if wanted(5):
+        rows.append(await versus_sequential(workdir, 5_000 if quick else 10_000))
+    if wanted(6):
+        rows.append(await pickup_latency(workdir, 2.0))
+    if wanted(7):
+        rows.append(await kill_nine(workdir, 5_000 if quick else 20_000, 50))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\nbench run {stamp} on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})\n")
     print(table(rows))
@@ -413,4 +477,6 @@ if __name__ == "__main__":
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument("--only", default="", help="comma-separated row numbers, e.g. 1,2")
+    options = parser.parse_args()
+    asyncio.run(main(options.quick, {int(n) for n in options.only.split(",") if n}))

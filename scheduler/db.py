@@ -16,7 +16,9 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine as sa_create_engine
 from sqlalchemy import event
+from sqlalchemy.engine import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -58,8 +60,20 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     )
 
 
-def _install_sqlite_hooks(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def create_sync_sqlite_engine(engine: AsyncEngine) -> Engine:
+    """A plain pysqlite engine on the same file, same locking rules, for work done
+    in one worker thread (see repository.Repository._ledger)."""
+    url = engine.url.set(drivername="sqlite+pysqlite")
+    sync = sa_create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+                            pool_size=1, max_overflow=1)
+    _install_sqlite_hooks(sync)
+    return sync
+
+
+def _install_sqlite_hooks(engine: AsyncEngine | Engine) -> None:
+    target = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+    @event.listens_for(target, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let us issue BEGIN ourselves instead of pysqlite's implicit deferred BEGIN.
         dbapi_connection.isolation_level = None
@@ -70,7 +84,7 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(target, "begin")
     def _on_begin(conn: Any) -> None:
         if conn.get_execution_options().get(READ_ONLY):
             conn.exec_driver_sql("BEGIN")

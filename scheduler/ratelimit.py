@@ -10,7 +10,9 @@ At most ``ceil(rate)`` grants then fall in any one-second window, even with
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections import deque
 from typing import Awaitable, Callable
 
 
@@ -35,6 +37,9 @@ class RateLimiter:
             raise ValueError("rate_per_second must be > 0")
         self.rate_per_second = rate_per_second
         self.interval_seconds = (1.0 + margin_seconds) / rate_per_second
+        self._window_seconds = 1.0 + margin_seconds
+        # the most recent sends, as many as one window may hold
+        self._sent: deque[float] = deque(maxlen=max(1, math.ceil(rate_per_second)))
 
     async def acquire(self) -> None:
         """Wait for the next slot."""
@@ -60,6 +65,20 @@ class RateLimiter:
             return slot
 
     async def wait_until(self, slot: float) -> None:
-        delay = slot - self._clock()
-        if delay > 0:
+        """Sleep until the slot, and until the last window has room for one more send.
+
+        A busy event loop can wake a sender late; if the next one then left on
+        time, the two would be closer than one interval. So the moments requests
+        actually leave are also checked: never more than ``ceil(rate)`` of them
+        within ``1 + margin`` seconds. Unlike pushing every later slot back, this
+        lets the schedule catch up, so a late wake-up costs no throughput.
+        """
+        while True:
+            target = slot
+            if len(self._sent) == self._sent.maxlen:
+                target = max(target, self._sent[0] + self._window_seconds + 1e-9)
+            delay = target - self._clock()
+            if delay <= 0:
+                break
             await self._sleep(delay)
+        self._sent.append(self._clock())

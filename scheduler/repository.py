@@ -7,17 +7,18 @@ dataclasses; callers never see a session or a connection.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from .db import READ_ONLY, describe_connect_error
+from .db import READ_ONLY, create_sync_sqlite_engine, describe_connect_error
 from .errors import DatabaseError, NotFound, UserError
 from .models import (
     FINAL_CAMPAIGN_STATUSES,
@@ -31,6 +32,9 @@ from .models import (
 )
 from . import ledger
 from .ledger import ClaimedChunk
+
+
+T = TypeVar("T")
 
 
 def utcnow() -> datetime:
@@ -73,6 +77,8 @@ class AdminQueries:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._write_lock: Any = asyncio.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        self._sqlite_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._sqlite_sync: Any = None
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
@@ -85,11 +91,32 @@ class AdminQueries:
         async with self._write_lock, self._translate(), self._sessions() as session, session.begin():
             yield session
 
-    @asynccontextmanager
-    async def _write_conn(self) -> AsyncIterator[AsyncConnection]:
-        """A write transaction on a plain connection, for the per-request hot paths."""
-        async with self._write_lock, self._translate(), self.engine.begin() as conn:
-            yield conn
+    async def _ledger(self, function: Callable[..., T], *args: Any, read_only: bool = False) -> T:
+        """One transaction of ledger statements, run in a single hop.
+
+        SQLite: a dedicated thread with its own sqlite3 connection runs the whole
+        transaction at C speed. PostgreSQL: ``run_sync`` on an async connection.
+        """
+        lock = contextlib.nullcontext() if read_only else self._write_lock
+        async with lock, self._translate():
+            if self.engine.dialect.name == "sqlite":
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._sqlite_thread(), self._in_sqlite_thread, function, args, read_only)
+            async with self.engine.begin() as conn:
+                return await conn.run_sync(function, *args)
+
+    def _sqlite_thread(self) -> concurrent.futures.ThreadPoolExecutor:
+        if self._sqlite_pool is None:
+            self._sqlite_sync = create_sync_sqlite_engine(self.engine)
+            self._sqlite_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ledger")
+        return self._sqlite_pool
+
+    def _in_sqlite_thread(self, function: Callable[..., T], args: tuple[Any, ...], read_only: bool) -> T:
+        with self._sqlite_sync.connect() as conn:
+            if read_only:
+                conn = conn.execution_options(**{READ_ONLY: True})
+            with conn.begin():
+                return function(conn, *args)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
@@ -403,8 +430,7 @@ class DaemonQueries:
         PostgreSQL: FOR UPDATE SKIP LOCKED, so replicas never wait for or take
         each other's chunk. SQLite: the BEGIN IMMEDIATE transaction is the lock.
         """
-        async with self._write_conn() as conn:
-            return await ledger.claim_next(conn, worker, now, lease_until, after_campaign_id)
+        return await self._ledger(ledger.claim_next, worker, now, lease_until, after_campaign_id)
 
     async def release_claim(self, claim: ClaimedChunk, expired_at: datetime | None = None) -> None:
         """Undo a claim whose request was never sent: back to pending (shutdown between
@@ -430,14 +456,7 @@ class DaemonQueries:
 
     async def chunk_contacts(self, chunk_id: int) -> list[tuple[str, str | None]]:
         """(E.164, packed other columns) of a chunk's contacts, in file order."""
-        async with self._translate(), self.engine.connect() as conn:
-            await conn.execution_options(**{READ_ONLY: True})
-            rows = await conn.execute(
-                select(Contact.phone, Contact.extra)
-                .where(Contact.chunk_id == chunk_id, Contact.status == ContactStatus.PENDING.value)
-                .order_by(Contact.row_number)
-            )
-            return [(phone, extra) for phone, extra in rows.all()]
+        return await self._ledger(ledger.chunk_contacts, chunk_id, read_only=True)
 
     async def next_ready_at(self, now: datetime) -> datetime | None:
         """When the earliest waiting retry becomes ready (for the dispatcher's sleep)."""
@@ -451,8 +470,7 @@ class DaemonQueries:
 
     async def record_outcome(self, claim: ClaimedChunk, worker: str, result: Any, plan: Any, now: datetime) -> None:
         """The submission row gets the answer; the chunk and campaign move on, in one transaction."""
-        async with self._write_conn() as conn:
-            await ledger.record(conn, claim, worker, result, plan, now)
+        await self._ledger(ledger.record, claim, worker, result, plan, now)
 
     # -- admin decisions about unknown chunks ----------------------------------------
 
@@ -497,7 +515,7 @@ class DaemonQueries:
     async def _refresh(self, session: AsyncSession, campaign_id: int, now: datetime) -> None:
         """Counters and the end of a campaign, from inside an ORM transaction."""
         await session.flush()  # Core statements below must see (and not be undone by) pending ORM changes
-        await ledger.refresh(await session.connection(), campaign_id, now)
+        await (await session.connection()).run_sync(ledger.refresh, campaign_id, now)
 
 
 async def _set_contact_status(session: AsyncSession, chunk_ids: list[int], status: str) -> None:
