@@ -11,7 +11,8 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -172,15 +173,15 @@ def _add_campaign_commands(commands: Any) -> None:
 # -- handlers ------------------------------------------------------------------
 
 
-async def _repository(settings: Settings, *, check_schema: bool = True) -> Repository:
+@asynccontextmanager
+async def _repository(settings: Settings) -> AsyncIterator[Repository]:
+    """The repository on a migrated database, closed afterwards."""
     engine = db.create_engine(settings.database.url)
-    if check_schema:
-        try:
-            await db.ensure_migrated(engine)
-        except BaseException:
-            await engine.dispose()
-            raise
-    return Repository(engine)
+    try:
+        await db.ensure_migrated(engine)
+        yield Repository(engine)
+    finally:
+        await engine.dispose()
 
 
 async def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -254,21 +255,15 @@ def _new_campaign_from_args(args: argparse.Namespace, settings: Settings) -> New
 
 async def cmd_campaign_create(args: argparse.Namespace, settings: Settings) -> int:
     new = _new_campaign_from_args(args, settings)
-    repo = await _repository(settings)
-    try:
+    async with _repository(settings) as repo:
         row = await repo.create_campaign(new)
-    finally:
-        await repo.engine.dispose()
     print(f"campaign {row.id} created ({row.status}): {row.name}")
     return 0
 
 
 async def cmd_campaign_list(args: argparse.Namespace, settings: Settings) -> int:
-    repo = await _repository(settings)
-    try:
+    async with _repository(settings) as repo:
         rows = await repo.list_campaigns()
-    finally:
-        await repo.engine.dispose()
     table = Table("id", "name", "status", "start (UTC)", "end (UTC)", "contacts", "queued", "progress")
     for row in rows:
         table.add_row(
@@ -296,11 +291,8 @@ def _fmt_time(value: Any) -> str:
 
 
 async def cmd_campaign_show(args: argparse.Namespace, settings: Settings) -> int:
-    repo = await _repository(settings)
-    try:
+    async with _repository(settings) as repo:
         report = await repo.campaign_report(args.id)
-    finally:
-        await repo.engine.dispose()
     if args.json:
         print(json.dumps(report_as_dict(report), indent=2, default=str))
     else:
@@ -350,11 +342,8 @@ def print_report(report: CampaignReport, console: Console) -> None:
 
 
 async def _change(args: argparse.Namespace, settings: Settings, target: CampaignStatus) -> int:
-    repo = await _repository(settings)
-    try:
+    async with _repository(settings) as repo:
         row = await repo.change_status(args.id, target)
-    finally:
-        await repo.engine.dispose()
     print(f"campaign {row.id} is now {row.status}")
     return 0
 
@@ -402,11 +391,8 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 async def _resend(settings: Settings, campaign_id: int | None, chunk_id: int | None) -> int:
     from .repository import utcnow
 
-    repo = await _repository(settings)
-    try:
+    async with _repository(settings) as repo:
         count = await repo.resend_chunks(campaign_id, chunk_id, utcnow())
-    finally:
-        await repo.engine.dispose()
     print(f"{count} unknown chunk(s) set to pending; a running daemon sends them within one poll interval")
     return 0
 

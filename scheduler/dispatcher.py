@@ -108,6 +108,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         self._loop_task = asyncio.current_task()
+        self.limiter.hold_off()
         while not self._stopping:
             try:
                 await self._one_round()

@@ -48,6 +48,14 @@ def _is_nanp_region(region: str) -> bool:
     return phonenumbers.country_code_for_region(region) == 1
 
 
+def warm_up(region: str) -> None:
+    """Load phonenumbers' metadata now (on the main thread, at start-up): loading it
+    the first time holds the GIL for tens of milliseconds, which would otherwise
+    stall the event loop in the middle of the first ingestion."""
+    full_normalise("+12127365000", region)
+    phonenumbers.PhoneNumberMatcher  # noqa: B018 - imports the rest of the package
+
+
 class Normaliser:
     """Normalises numbers for one default region, with the exact fast path."""
 

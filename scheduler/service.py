@@ -25,6 +25,7 @@ from .ingest import ingest_campaign
 from .insight import InsightClient
 from .logs import SecretFilter, configure_logging
 from .models import Campaign
+from .phones import warm_up
 from .repository import Repository, utcnow
 
 log = logging.getLogger("scheduler.service")
@@ -73,6 +74,7 @@ class Daemon:
 
     async def _serve(self, client: InsightClient) -> None:
         assert self.repo is not None
+        warm_up(self.settings.contacts.default_region)
         recovered = await self.repo.abandon_submitting(self.worker, self.clock())
         if recovered:
             log.warning("%d chunk(s) were being sent when this daemon last stopped: marked unknown "

@@ -41,15 +41,15 @@ def pg_url() -> str:
     except Exception as exc:  # noqa: BLE001 - any failure means no server
         pytest.fail(f"PostgreSQL is required for the test suite and is not reachable at {PG_ADMIN_URL}: {exc}")
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-
-    async def _migrate() -> None:
-        engine = db.create_engine(url)
-        await db.upgrade(engine)
-        await engine.dispose()
-
-    asyncio.run(_migrate())
+    asyncio.run(_migrate(url))
     yield url
     asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _migrate(url: str) -> None:
+    engine = db.create_engine(url)
+    await db.upgrade(engine)
+    await engine.dispose()
 
 
 async def _truncate_pg(url: str) -> None:
@@ -65,13 +65,7 @@ def db_url(request, tmp_path) -> str:
     """A migrated, empty database of each kind."""
     if request.param == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
-
-        async def _migrate() -> None:
-            engine = db.create_engine(url)
-            await db.upgrade(engine)
-            await engine.dispose()
-
-        asyncio.run(_migrate())
+        asyncio.run(_migrate(url))
         return url
     url = request.getfixturevalue("pg_url")
     asyncio.run(_truncate_pg(url))
