@@ -16,6 +16,9 @@ from collections import deque
 from typing import Awaitable, Callable
 
 
+CATCH_UP_SPACING = 0.5  # of an interval, between sends that catch up after a late wake-up
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -79,11 +82,15 @@ class RateLimiter:
         A busy event loop can wake a sender late; if the next one then left on
         time, the two would be closer than one interval. So the moments requests
         actually leave are also checked: never more than ``ceil(rate)`` of them
-        within ``1 + margin`` seconds. Unlike pushing every later slot back, this
-        lets the schedule catch up, so a late wake-up costs no throughput.
+        within ``1 + margin`` seconds, and never closer than half an interval.
+        Unlike pushing every later slot back, this lets the schedule catch up, so
+        a late wake-up costs no throughput, without sending a burst.
         """
         while True:
             target = slot
+            if self._sent:
+                # catching up, but never in a burst: at least half an interval apart
+                target = max(target, self._sent[-1] + self.interval_seconds * CATCH_UP_SPACING)
             if len(self._sent) == self._sent.maxlen:
                 target = max(target, self._sent[0] + self._window_seconds + 1e-9)
             delay = target - self._clock()

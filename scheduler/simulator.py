@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import csv
 import io
 import json
@@ -395,6 +396,10 @@ def _basic_auth(header: str) -> tuple[str | None, str | None]:
 
 
 async def serve_forever(settings: SimulatorSettings, host: str, port: int) -> None:
+    # The simulator is also the measuring instrument (requests per second): a
+    # garbage-collection pause would make it stamp queued requests together.
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
     simulator = InsightSimulator(settings)
     url = await simulator.start(host, port)
     print(f"Insight simulator listening: base_url {url.replace('127.0.0.1', host)}  (stats: GET /_stats)", flush=True)
