@@ -53,7 +53,10 @@ def warm_up(region: str) -> None:
     the first time holds the GIL for tens of milliseconds, which would otherwise
     stall the event loop in the middle of the first ingestion."""
     full_normalise("+12127365000", region)
-    phonenumbers.PhoneNumberMatcher  # noqa: B018 - imports the rest of the package
+    # A number that is not valid in the US is tried against every NANP region.
+    for nanp_region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE[1]:
+        phonenumbers.PhoneMetadata.metadata_for_region(nanp_region)
+    phonenumbers.PhoneMetadata.metadata_for_region(region)
 
 
 class Normaliser:
