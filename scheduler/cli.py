@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run the daemon (until SIGTERM / SIGINT; SIGHUP reloads config)").set_defaults(
         handler=cmd_run
     )
+    check = commands.add_parser("check", help="exit 0 if the database answers and a daemon ticked recently, else 1")
+    check.add_argument("--worker", help="this daemon's scheduler.worker_id (default: any daemon)")
+    check.set_defaults(handler=cmd_check)
     chunk = commands.add_parser("chunk", help="decide about single chunks")
     chunk_sub = chunk.add_subparsers(dest="chunk_command", required=True, parser_class=_Parser)
     resend = chunk_sub.add_parser("resend", help="send an unknown chunk again (it may call people twice)")
@@ -163,10 +166,13 @@ def _add_campaign_commands(commands: Any) -> None:
         ("resume", cmd_campaign_resume, "set a paused or draft campaign back to scheduled"),
         ("cancel", cmd_campaign_cancel, "cancel; unsent chunks become cancelled"),
         ("resend-unknown", cmd_campaign_resend_unknown, "send every unknown chunk again (may call people twice)"),
+        ("export", cmd_campaign_export, "one CSV row per input contact with its outcome"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("id", type=int)
         cmd.add_argument("--json", action="store_true", help="machine-readable output") if name == "show" else None
+        if name == "export":
+            cmd.add_argument("--out", required=True, metavar="FILE.csv")
         cmd.set_defaults(handler=handler)
 
 
@@ -307,14 +313,27 @@ CAMPAIGN_FIELDS = (
 ).split()
 
 
+def _timing(report: CampaignReport, count: int) -> dict[str, Any]:
+    first, last = report.first_request_at, report.last_request_at
+    span = (last - first).total_seconds() if first and last else 0.0
+    return {
+        "started_at": report.campaign.started_at, "finished_at": report.campaign.finished_at,
+        "first_request_at": first, "last_request_at": last,
+        "achieved_requests_per_second": round((count - 1) / span, 3) if count > 1 and span > 0 else None,
+    }
+
+
 def report_as_dict(report: CampaignReport) -> dict[str, Any]:
     row = report.campaign
+    requests = sum(report.submissions_by_outcome.values())
     return {
         "campaign": {name: getattr(row, name) for name in CAMPAIGN_FIELDS},
         "chunks_by_status": report.chunks_by_status,
         "contacts_by_status": report.contacts_by_status,
         "submissions_by_status_code": report.submissions_by_code,
         "submissions_by_outcome": report.submissions_by_outcome,
+        "call_results_by_status": report.call_results_by_status,
+        "timing": _timing(report, requests),
         "unknown_chunks": [
             {"id": c.id, "seq": c.seq, "contacts": c.contact_count, "last_error": c.last_error}
             for c in report.unknown_chunks
@@ -328,7 +347,8 @@ def print_report(report: CampaignReport, console: Console) -> None:
     for key, value in data["campaign"].items():
         fields.add_row(key, "-" if value is None else str(value))
     console.print(fields)
-    for title in ("chunks_by_status", "contacts_by_status", "submissions_by_status_code", "submissions_by_outcome"):
+    for title in ("chunks_by_status", "contacts_by_status", "submissions_by_status_code", "submissions_by_outcome",
+                  "call_results_by_status", "timing"):
         counts = data[title]
         table = Table(title.replace("_", " "), "count")
         for key, count in sorted(counts.items(), key=lambda kv: str(kv[0])):
@@ -377,6 +397,36 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     options = DemoOptions(contacts=args.contacts, rate=args.rate, fail_rate=args.fail_rate,
                           chunk_size=args.chunk_size, keep=args.keep)
     return await run_demo(options, _console())
+
+
+async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from .repository import utcnow
+    from .web import tick_is_recent
+
+    try:
+        async with _repository(settings) as repo:
+            last = await repo.last_tick(args.worker)
+    except UserError as exc:
+        print(f"not ready: {exc}", file=sys.stderr)
+        return 1
+    if not tick_is_recent(last, utcnow(), settings.scheduler.poll_interval_seconds):
+        print(f"not ready: last tick {last or 'never'}", file=sys.stderr)
+        return 1
+    print(f"ready: last tick {last}")
+    return 0
+
+
+async def cmd_campaign_export(args: argparse.Namespace, settings: Settings) -> int:
+    from .export import write_export
+
+    async with _repository(settings) as repo:
+        await repo.get_campaign(args.id)
+        try:
+            count = await write_export(repo, args.id, Path(args.out))
+        except OSError as exc:
+            raise UserError(f"--out: cannot write {args.out}: {exc.strerror or exc}") from None
+    print(f"{count} contact(s) written to {args.out}")
+    return 0
 
 
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:

@@ -19,6 +19,7 @@ from .errors import ConfigError
 CONFIG_ENV = "INSIGHT_SCHEDULER_CONFIG"
 ENV_PREFIX = "INSIGHT_SCHEDULER__"
 DEVELOPER_KEY_ENV = "INSIGHT_DEVELOPER_KEY"
+CALLBACK_SECRET_ENV = "INSIGHT_CALLBACK_SECRET"
 DEFAULT_CONFIG_PATH = "config.yaml"
 DEFAULT_PHONE_COLUMNS = ["phone_number", "destination", "phone", "number"]
 
@@ -87,6 +88,26 @@ class ContactsSettings(_Section):
     default_region: str = Field("US", min_length=2, max_length=2)
 
 
+class CallbackSettings(_Section):
+    # host:port for the daemon's HTTP server (call results, /healthz, /readyz, /metrics); empty: no server
+    listen: str | None = None
+    # how Plum reaches that server; when set, chunks of campaigns without their own result_url
+    # are sent with result_url = {public_url}/callbacks/{campaign}/{chunk}?sig=HMAC
+    public_url: str | None = None
+    secret: SecretStr = SecretStr("")  # env INSIGHT_CALLBACK_SECRET overrides it
+    max_body_bytes: int = Field(65536, ge=256)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "CallbackSettings":
+        if self.listen is not None:
+            host, _, port = self.listen.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise ValueError("listen must be host:port, e.g. 127.0.0.1:8080 (port 0: any free port)")
+        if self.public_url and not self.secret.get_secret_value():
+            raise ValueError("secret is required when public_url is set (it signs the callback URLs)")
+        return self
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["plain", "json"] = "plain"
@@ -98,6 +119,7 @@ class Settings(_Section):
     submission: SubmissionSettings = SubmissionSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     contacts: ContactsSettings = ContactsSettings()
+    callbacks: CallbackSettings = CallbackSettings()
     logging: LoggingSettings = LoggingSettings()
 
 
@@ -167,6 +189,8 @@ def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict
             _set_path(merged, path, _env_value(text))
     if environ.get(DEVELOPER_KEY_ENV):
         _set_path(merged, ["insight", "developer_key"], environ[DEVELOPER_KEY_ENV])
+    if environ.get(CALLBACK_SECRET_ENV):
+        _set_path(merged, ["callbacks", "secret"], environ[CALLBACK_SECRET_ENV])
     return merged
 
 

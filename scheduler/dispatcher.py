@@ -19,10 +19,12 @@ from typing import Callable
 from sqlalchemy.exc import SQLAlchemyError
 
 from .chunking import chunk_csv
+from .callbacks import signed_url
 from .config import Settings
 from .contacts import unpack_extra
 from .errors import DatabaseError, InvalidRequest
 from .insight import BulkQueueRequest, InsightClient, SubmitResult
+from .metrics import Metrics
 from .models import Outcome
 from .ratelimit import RateLimiter
 from .repository import ClaimedChunk, Repository, utcnow
@@ -46,8 +48,10 @@ class Dispatcher:
         *,
         clock: Callable[[], datetime] = utcnow,
         rand: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.repo = repo
+        self.metrics = metrics or Metrics()
         self.client = client
         self.worker = worker
         self.clock = clock
@@ -131,6 +135,7 @@ class Dispatcher:
         self._last_campaign_id = claim.campaign_id
         task = asyncio.get_running_loop().create_task(self._send(claim, slot))
         self._in_flight.add(task)
+        self.metrics.in_flight.set(len(self._in_flight))
         task.add_done_callback(self._finished)
 
     async def _claim_shielded(self) -> ClaimedChunk | None:
@@ -150,6 +155,7 @@ class Dispatcher:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        self.metrics.in_flight.set(len(self._in_flight))
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("sending a chunk failed unexpectedly", exc_info=task.exception())
@@ -214,8 +220,15 @@ class Dispatcher:
             end_timestamp=int(claim.end_at.timestamp()),
             max_attempts=claim.max_attempts,
             reattempt_wait=claim.reattempt_wait,
-            result_url=claim.result_url,
+            result_url=claim.result_url or self._signed_result_url(claim),
         )
+
+    def _signed_result_url(self, claim: ClaimedChunk) -> str | None:
+        callbacks = self.settings.callbacks
+        if not callbacks.public_url:
+            return None
+        return signed_url(callbacks.public_url, callbacks.secret.get_secret_value(), claim.campaign_id,
+                          claim.chunk_id)
 
     async def _record(self, claim: ClaimedChunk, result: SubmitResult) -> None:
         plan = next_step(
@@ -231,10 +244,16 @@ class Dispatcher:
             raise
         finally:
             self._log(claim, result, plan)
+            self._observe(result)
         if plan.step in (Step.SPLIT, Step.RETRY):
             self.wake()
         if self.on_step is not None:
             self.on_step(claim, result, plan)
+
+    def _observe(self, result: SubmitResult) -> None:
+        code = "none" if result.status_code is None else str(result.status_code)
+        self.metrics.submissions.labels(outcome=result.outcome.value, status_code=code).inc()
+        self.metrics.latency.observe(result.latency_seconds)
 
     def _log(self, claim: ClaimedChunk, result: SubmitResult, plan: NextStep) -> None:
         fields = {

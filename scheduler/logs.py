@@ -63,7 +63,7 @@ def configure_logging(settings: Settings, secret_filter: SecretFilter | None = N
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    found = [settings.insight.developer_key.get_secret_value()]
+    found = [settings.insight.developer_key.get_secret_value(), settings.callbacks.secret.get_secret_value()]
     from sqlalchemy.engine import make_url
 
     try:

@@ -265,3 +265,38 @@ class Submission(Base):
 
     __table_args__ = (Index(None, "chunk_id"), Index(None, "campaign_id", "outcome"))
 
+
+
+class CallResult(Base):
+    """One call_details body Plum POSTed to a result_url (raw body kept)."""
+
+    __tablename__ = "call_results"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(Integer)
+    chunk_id: Mapped[int | None] = mapped_column(Integer)
+    contact_id: Mapped[int | None] = mapped_column(BigId)
+    phone: Mapped[str | None] = mapped_column(String(32))
+    status: Mapped[str | None] = mapped_column(String(32))
+    attempts: Mapped[int | None] = mapped_column(Integer)
+    duration_seconds: Mapped[int | None] = mapped_column(Integer)
+    queued_timestamp: Mapped[int | None] = mapped_column(BigInteger)
+    last_attempt_timestamp: Mapped[int | None] = mapped_column(BigInteger)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    body: Mapped[str] = mapped_column(Text)
+    body_sha256: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "chunk_id", "body_sha256"),
+        Index(None, "contact_id"),
+    )
+
+
+class Worker(Base):
+    """One row per daemon: its heartbeat, for `insight-scheduler check` and /readyz."""
+
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    last_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

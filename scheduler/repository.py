@@ -7,6 +7,7 @@ dataclasses; callers never see a session or a connection.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import concurrent.futures
 import contextlib
 from contextlib import asynccontextmanager
@@ -25,10 +26,12 @@ from .models import (
     Campaign,
     CampaignStatus,
     Chunk,
+    CallResult,
     ChunkStatus,
     Contact,
     ContactStatus,
     Submission,
+    Worker,
 )
 from . import ledger
 from .ledger import ClaimedChunk
@@ -64,6 +67,9 @@ class CampaignReport:
     submissions_by_code: dict[str, int] = field(default_factory=dict)
     submissions_by_outcome: dict[str, int] = field(default_factory=dict)
     unknown_chunks: list[Chunk] = field(default_factory=list)
+    call_results_by_status: dict[str, int] = field(default_factory=dict)
+    first_request_at: datetime | None = None
+    last_request_at: datetime | None = None
 
 
 # Which statuses an admin command may move a campaign from.
@@ -193,6 +199,14 @@ class AdminQueries:
             report.submissions_by_outcome = await _count_by(
                 session, Submission.outcome, Submission.campaign_id == campaign_id
             )
+            results = await _count_by(session, CallResult.status, CallResult.campaign_id == campaign_id)
+            answered = await session.scalar(select(func.count(func.distinct(CallResult.contact_id))).where(
+                CallResult.campaign_id == campaign_id, CallResult.contact_id.is_not(None)))
+            results["awaiting"] = max(0, campaign.contacts_queued - int(answered or 0))
+            report.call_results_by_status = results
+            report.first_request_at, report.last_request_at = (await session.execute(
+                select(func.min(Submission.started_at), func.max(Submission.started_at))
+                .where(Submission.campaign_id == campaign_id))).one()
             report.unknown_chunks = list(
                 (
                     await session.scalars(
@@ -534,5 +548,100 @@ def _pg_only(session: AsyncSession) -> bool:
     return session.bind.dialect.name == "postgresql"
 
 
-class Repository(AdminQueries, DaemonQueries):
+class ResultQueries:
+    """Call results (result_url callbacks) and daemon heartbeats."""
+
+    _write: Any
+    _read: Any
+
+    async def store_call_result(self, campaign_id: int, chunk_id: int, details: Any, body: str,
+                                phone_e164: str | None, now: datetime) -> str:
+        """'stored', 'duplicate' (the same body again) or 'unknown_chunk'."""
+        digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
+        async with self._write() as session:
+            chunk = await session.get(Chunk, chunk_id)
+            if chunk is None or chunk.campaign_id != campaign_id:
+                return "unknown_chunk"
+            seen = await session.scalar(select(CallResult.id).where(
+                CallResult.campaign_id == campaign_id, CallResult.chunk_id == chunk_id,
+                CallResult.body_sha256 == digest))
+            if seen is not None:
+                return "duplicate"
+            contact_id = None
+            if phone_e164:
+                contact_id = await session.scalar(select(Contact.id).where(
+                    Contact.campaign_id == campaign_id, Contact.chunk_id == chunk_id, Contact.phone == phone_e164))
+            session.add(CallResult(
+                campaign_id=campaign_id, chunk_id=chunk_id, contact_id=contact_id, phone=phone_e164 or details.phone,
+                status=details.status, attempts=details.attempts, duration_seconds=details.duration_seconds,
+                queued_timestamp=details.queued_timestamp, last_attempt_timestamp=details.last_attempt_timestamp,
+                received_at=now, body=body, body_sha256=digest))
+        return "stored"
+
+    async def heartbeat(self, worker: str, now: datetime, started: bool = False) -> None:
+        async with self._write() as session:
+            row = await session.get(Worker, worker)
+            if row is None:
+                session.add(Worker(worker_id=worker, started_at=now, last_tick_at=now))
+            else:
+                row.last_tick_at = now
+                if started:
+                    row.started_at = now
+
+    async def last_tick(self, worker: str | None = None) -> datetime | None:
+        async with self._read() as session:
+            query = select(func.max(Worker.last_tick_at))
+            if worker is not None:
+                query = query.where(Worker.worker_id == worker)
+            return await session.scalar(query)
+
+    async def status_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+        """Chunks, contacts and campaigns by status, for the metrics (contacts from the
+        campaign counters: grouping a million contacts every tick would cost too much)."""
+        async with self._read() as session:
+            chunks = await _count_by(session, Chunk.status)
+            campaigns = await _count_by(session, Campaign.status)
+            sums = (await session.execute(select(
+                func.coalesce(func.sum(Campaign.contacts_queued), 0),
+                func.coalesce(func.sum(Campaign.contacts_valid - Campaign.contacts_queued), 0),
+                func.coalesce(func.sum(Campaign.contacts_invalid), 0),
+                func.coalesce(func.sum(Campaign.contacts_duplicate), 0)))).one()
+        contacts = dict(zip(("queued", "not_queued", "invalid", "duplicate"), (int(v) for v in sums)))
+        return chunks, contacts, campaigns
+
+    async def export_rows(self, campaign_id: int) -> AsyncIterator[Any]:
+        """Every contact of a campaign in file order, with its chunk's last submission
+        and its latest call result; streamed, so a million rows never sit in memory."""
+        last_submission = (
+            select(Submission.chunk_id, func.max(Submission.id).label("id"))
+            .where(Submission.campaign_id == campaign_id).group_by(Submission.chunk_id).subquery()
+        )
+        last_result = (
+            select(CallResult.contact_id, func.max(CallResult.id).label("id"))
+            .where(CallResult.campaign_id == campaign_id).group_by(CallResult.contact_id).subquery()
+        )
+        query = (
+            select(Contact.row_number, Contact.raw_phone, Contact.phone, Contact.status, Contact.reason,
+                   Contact.extra, Chunk.seq, Submission.outcome, Submission.status_code,
+                   CallResult.status.label("call_status"), CallResult.duration_seconds)
+            .outerjoin(Chunk, Chunk.id == Contact.chunk_id)
+            .outerjoin(last_submission, last_submission.c.chunk_id == Contact.chunk_id)
+            .outerjoin(Submission, Submission.id == last_submission.c.id)
+            .outerjoin(last_result, last_result.c.contact_id == Contact.id)
+            .outerjoin(CallResult, CallResult.id == last_result.c.id)
+            .where(Contact.campaign_id == campaign_id)
+            .order_by(Contact.row_number)
+        )
+        async with self._translate(), self.engine.connect() as conn:
+            await conn.execution_options(**{READ_ONLY: True})
+            result = await conn.stream(query)
+            async for row in result:
+                yield row
+
+    async def call_results_by_status(self, campaign_id: int) -> dict[str, int]:
+        async with self._read() as session:
+            return await _count_by(session, CallResult.status, CallResult.campaign_id == campaign_id)
+
+
+class Repository(AdminQueries, DaemonQueries, ResultQueries):
     """The one door to the database."""

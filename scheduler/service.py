@@ -21,13 +21,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import db
 from .config import Settings, load_settings
 from .dispatcher import Dispatcher
-from .errors import ConfigError, DatabaseError
+from .errors import ConfigError, DatabaseError, UserError
+from .metrics import Metrics
 from .ingest import ingest_campaign
 from .insight import InsightClient
 from .logs import SecretFilter, configure_logging
 from .models import Campaign
 from .phones import warm_up
 from .repository import Repository, utcnow
+from .web import WebServer, tick_is_recent
 
 log = logging.getLogger("scheduler.service")
 
@@ -58,6 +60,8 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self._scheduler: AsyncIOScheduler | None = None
         self._tick_task: asyncio.Task | None = None
+        self.metrics = Metrics()
+        self.web: WebServer | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -85,7 +89,16 @@ class Daemon:
         if recovered:
             log.warning("%d chunk(s) were being sent when this daemon last stopped: marked unknown "
                         "(see `campaign show`, resend with `chunk resend`)", recovered)
-        self.dispatcher = Dispatcher(self.repo, client, self.settings, self.worker, clock=self.clock)
+        self.dispatcher = Dispatcher(self.repo, client, self.settings, self.worker, clock=self.clock,
+                                     metrics=self.metrics)
+        await self.repo.heartbeat(self.worker, self.clock(), started=True)
+        if self.settings.callbacks.listen:
+            self.web = WebServer(self.repo, self.settings, self.metrics, self.readiness)
+            try:
+                await self.web.start(self.settings.callbacks.listen)
+            except OSError as exc:
+                raise UserError(f"callbacks.listen: cannot listen on {self.settings.callbacks.listen}: "
+                                f"{exc.strerror or exc}") from None
         self._install_signals()
         self._start_scheduler()
         sending = asyncio.get_running_loop().create_task(self.dispatcher.run())
@@ -119,6 +132,8 @@ class Daemon:
         for task in [sending, *self._ingesting.values()]:
             task.cancel()
         await asyncio.gather(sending, *self._ingesting.values(), return_exceptions=True)
+        if self.web is not None:
+            await self.web.stop()
         log.info("stopped")
 
     def request_stop(self) -> None:
@@ -186,6 +201,32 @@ class Daemon:
                 log.info("campaign %s running", claimed.id)
         self.last_tick_at = now
         self.dispatcher.wake()
+        await self.repo.heartbeat(self.worker, now)
+        await self._update_metrics(now)
+
+    async def _update_metrics(self, now: datetime) -> None:
+        assert self.repo is not None and self.dispatcher is not None
+        chunks, contacts, campaigns = await self.repo.status_counts()
+        self.metrics.set_counts(self.metrics.chunks, chunks)
+        self.metrics.set_counts(self.metrics.contacts, contacts)
+        self.metrics.set_counts(self.metrics.campaigns, campaigns)
+        self.metrics.limiter_wait.set(self.dispatcher.limiter.waited_seconds)
+        self.metrics.last_tick.set(now.timestamp())
+
+    async def readiness(self) -> list[str]:
+        """What keeps this daemon from being ready: [] when the database answers,
+        the scheduler runs and the last tick is recent."""
+        problems = []
+        if self._scheduler is None or not self._scheduler.running:
+            problems.append("scheduler not running")
+        try:
+            assert self.repo is not None
+            await self.repo.last_tick(self.worker)
+        except (DatabaseError, SQLAlchemyError, OSError) as exc:
+            problems.append(f"database unreachable: {exc}")
+        if not tick_is_recent(self.last_tick_at, self.clock(), self.settings.scheduler.poll_interval_seconds):
+            problems.append(f"last tick {self.last_tick_at or 'never'} is too old")
+        return problems
 
     def _start_ingestion(self, campaign: Campaign) -> None:
         assert self.repo is not None

@@ -1,0 +1,48 @@
+"""`campaign export`: one CSV row per input contact with what came of it.
+
+Contact data is untrusted. A spreadsheet evaluates a cell that starts with
+``=``, ``+``, ``-``, ``@``, a tab or a carriage return as a formula (OWASP "CSV
+injection"), so such cells of the free-text columns are prefixed with ``'``.
+The normalised number is ours (always ``+digits``) and is left as it is.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from .contacts import unpack_extra
+from .repository import Repository
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+COLUMNS = ["row_number", "original_number", "normalised_number", "contact_status", "reason", "chunk_seq",
+           "last_submission_outcome", "last_submission_status_code", "call_status", "call_duration_seconds"]
+
+
+def neutralise(cell: Any) -> str:
+    text = "" if cell is None else str(cell)
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+async def write_export(repo: Repository, campaign_id: int, path: Path) -> int:
+    campaign = await repo.get_campaign(campaign_id)
+    extra_names = json.loads(campaign.contacts_header or '{"extra": []}')["extra"]
+    count = 0
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS + [neutralise(name) for name in extra_names])
+        async for row in repo.export_rows(campaign_id):
+            writer.writerow(export_line(row, len(extra_names)))
+            count += 1
+    return count
+
+
+def export_line(row: Any, extra_count: int) -> list[str]:
+    return [
+        str(row.row_number), neutralise(row.raw_phone), row.phone or "", row.status, neutralise(row.reason),
+        "" if row.seq is None else str(row.seq), row.outcome or "", "" if row.status_code is None else str(row.status_code),
+        row.call_status or "", "" if row.duration_seconds is None else str(row.duration_seconds),
+        *(neutralise(value) for value in unpack_extra(row.extra, extra_count)),
+    ]
