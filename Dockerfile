@@ -20,5 +20,8 @@ USER insight
 WORKDIR /data
 VOLUME ["/data"]
 
+# Ready = the database answers and this container's daemon ticked recently.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s CMD ["insight-scheduler", "check"]
+
 ENTRYPOINT ["insight-scheduler"]
 CMD ["run"]

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fail-rate", type=float, default=0.05, metavar="P", help="simulated HTTP 500s (default 0.05)")
     demo.add_argument("--chunk-size", type=int, default=100, metavar="N", help="contacts per request (default 100)")
     demo.add_argument("--keep", action="store_true", help="keep the database for `campaign show`")
+    demo.add_argument("--callbacks", action="store_true",
+                      help="receive call results on a signed result_url (the simulator reports every call)")
     demo.set_defaults(handler=cmd_demo, needs_config=False)
     commands.add_parser("run", help="run the daemon (until SIGTERM / SIGINT; SIGHUP reloads config)").set_defaults(
         handler=cmd_run
@@ -350,7 +352,7 @@ def print_report(report: CampaignReport, console: Console) -> None:
     for title in ("chunks_by_status", "contacts_by_status", "submissions_by_status_code", "submissions_by_outcome",
                   "call_results_by_status", "timing"):
         counts = data[title]
-        table = Table(title.replace("_", " "), "count")
+        table = Table(title.replace("_", " "), "value" if title == "timing" else "count")
         for key, count in sorted(counts.items(), key=lambda kv: str(kv[0])):
             table.add_row(str(key), str(count))
         console.print(table if counts else f"{title.replace('_', ' ')}: none")
@@ -395,7 +397,7 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     if problems:
         raise UserError("\n".join(problems))
     options = DemoOptions(contacts=args.contacts, rate=args.rate, fail_rate=args.fail_rate,
-                          chunk_size=args.chunk_size, keep=args.keep)
+                          chunk_size=args.chunk_size, keep=args.keep, callbacks=args.callbacks)
     return await run_demo(options, _console())
 
 

@@ -11,6 +11,7 @@ import csv
 import logging
 import random
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -61,10 +62,16 @@ class DemoOptions:
     chunk_size: int = 100
     concurrency: int = 4
     keep: bool = False
+    callbacks: bool = False
 
 
-def demo_settings(db_url: str, base_url: str, options: DemoOptions) -> Settings:
+def demo_settings(db_url: str, base_url: str, options: DemoOptions, callback_port: int | None = None) -> Settings:
+    callbacks: dict = {}
+    if callback_port is not None:
+        callbacks = {"listen": f"127.0.0.1:{callback_port}", "public_url": f"http://127.0.0.1:{callback_port}",
+                     "secret": "demo-callback-secret"}
     return Settings.model_validate({
+        "callbacks": callbacks,
         "database": {"url": db_url},
         "insight": {"base_url": base_url, "developer_key": DEMO_KEY, "timeout_seconds": 10},
         "submission": {
@@ -83,7 +90,8 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="insight-demo-"))
     db_url = f"sqlite+aiosqlite:///{workdir / 'demo.db'}"
     sim = InsightSimulator(SimulatorSettings(developer_key=DEMO_KEY, fail_rate=options.fail_rate, seed=11,
-                                             latency_mean_seconds=0.02, latency_jitter_seconds=0.01))
+                                             latency_mean_seconds=0.02, latency_jitter_seconds=0.01,
+                                             callback_delay_seconds=0.2 if options.callbacks else None))
     base_url = await sim.start()
     engine = db.create_engine(db_url)
     try:
@@ -97,7 +105,9 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
             start_at=now, end_at=now + timedelta(hours=2), max_attempts=2, reattempt_wait=600,
         ))
         started = time.monotonic()
-        report = await _run_daemon_with_progress(repo, campaign.id, demo_settings(db_url, base_url, options), console)
+        port = _free_port() if options.callbacks else None
+        settings = demo_settings(db_url, base_url, options, port)
+        report = await _run_daemon_with_progress(repo, campaign.id, settings, console, sim if port else None)
         elapsed = time.monotonic() - started
         print_demo_report(report, sim.stats(), elapsed, options, console)
         if options.keep:
@@ -111,8 +121,14 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 async def _run_daemon_with_progress(repo: Repository, campaign_id: int, settings: Settings,
-                                    console: Console) -> CampaignReport:
+                                    console: Console, sim: InsightSimulator | None) -> CampaignReport:
     daemon = Daemon(settings, handle_signals=False)
     task = asyncio.get_running_loop().create_task(daemon.run())
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -128,10 +144,24 @@ async def _run_daemon_with_progress(repo: Repository, campaign_id: int, settings
                 if row.status in FINAL or task.done():
                     break
                 await asyncio.sleep(0.2)
+            if sim is not None:
+                await _await_call_results(repo, campaign_id, row.contacts_queued, progress)
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 30)
     return await repo.campaign_report(campaign_id)
+
+
+async def _await_call_results(repo: Repository, campaign_id: int, expected: int, progress: Progress) -> None:
+    """Plum reports each call on result_url; the simulator does so shortly after queuing."""
+    results = progress.add_task("call results   ", total=expected)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        received = sum(n for status, n in (await repo.call_results_by_status(campaign_id)).items())
+        progress.update(results, completed=received)
+        if received >= expected:
+            return
+        await asyncio.sleep(0.2)
 
 
 def print_demo_report(report: CampaignReport, stats: dict[str, Any], elapsed: float, options: DemoOptions,
@@ -140,7 +170,10 @@ def print_demo_report(report: CampaignReport, stats: dict[str, Any], elapsed: fl
     console.print(f"\ncampaign {row.id}: [bold]{row.status}[/]" + (f" ({row.last_error})" if row.last_error else ""))
     for title, counts in (("contacts by status", report.contacts_by_status),
                           ("chunks by status", report.chunks_by_status),
-                          ("submissions by status code", report.submissions_by_code)):
+                          ("submissions by status code", report.submissions_by_code),
+                          ("call results by status", report.call_results_by_status if options.callbacks else {})):
+        if not counts:
+            continue
         table = Table(title, "count")
         for key, value in sorted(counts.items()):
             table.add_row(str(key), str(value))

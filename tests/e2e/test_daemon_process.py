@@ -150,3 +150,26 @@ async def test_two_daemons_on_one_postgresql_never_queue_a_number_twice(pg_url, 
     workers = dict(await rows(repo, "SELECT worker, count(*) FROM submissions GROUP BY worker"))
     await engine.dispose()
     assert set(workers) == {"replica-a", "replica-b"}  # both did real work
+
+
+async def test_check_follows_the_daemon_heartbeat(repo_for, db_url, tmp_path):
+    async with simulator() as sim:
+        config = write_config(tmp_path / "config.yaml", db_url, sim.base_url, "checked")
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("INSIGHT_")}, "PYTHONPATH": str(REPO_ROOT)}
+
+        async def check() -> int:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "scheduler", "--config", str(config), "check", "--worker", "checked",
+                env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            return await proc.wait()
+
+        assert await check() == 1  # no daemon has ever ticked
+        proc = await start_daemon(config, tmp_path / "daemon.log")
+        try:
+            deadline = asyncio.get_running_loop().time() + 20
+            while await check() != 0:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.2)
+        finally:
+            proc.terminate()
+            await proc.wait()

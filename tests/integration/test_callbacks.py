@@ -120,3 +120,36 @@ async def test_signatures_replays_sizes_and_malformed_bodies(repo, db_url, tmp_p
 
 async def _final(repo, campaign_id):
     return (await repo.get_campaign(campaign_id)).status in FINAL
+
+
+async def test_export_lists_every_contact_status_and_neutralises_formulas(repo, db_url, tmp_path):
+    numbers = valid_numbers(9)
+    contacts = tmp_path / "c.csv"
+    lines = ["phone_number,name,note"] + [f'{n},=cmd|" /C calc"!A0,row {i}' for i, n in enumerate(numbers)]
+    lines += ["12345,bad,x", f"{numbers[0]},again,x", "@SUM(1+1),formula,x"]
+    contacts.write_text("\n".join(lines) + "\n")
+    async with simulator() as sim:
+        row = await repo.create_campaign(campaign(contacts, chunk_size=1))
+        async with running_daemon(settings_for(db_url, sim.base_url, chunk_size=1)):
+            await wait_until(lambda: _final(repo, row.id))
+    # give the remaining statuses to some contacts, as other outcomes would have
+    statuses = ["rejected", "failed", "unknown", "expired", "cancelled", "pending"]
+    for row_number, status in zip(range(2, 8), statuses):
+        await _execute(repo, "UPDATE contacts SET status = :s WHERE campaign_id = :c AND row_number = :r",
+                       s=status, c=row.id, r=row_number)
+    out = tmp_path / "export.csv"
+    assert await write_export(repo, row.id, out) == 12
+    exported = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert [r["row_number"] for r in exported] == [str(n) for n in range(1, 13)]
+    assert {r["contact_status"] for r in exported} == {"queued", "invalid", "duplicate", *statuses}
+    assert all(r["name"].startswith("'=cmd") for r in exported[:9])
+    assert exported[11]["original_number"] == "'@SUM(1+1)" and exported[11]["contact_status"] == "invalid"
+    assert exported[0]["normalised_number"] == e164(numbers[0])  # ours, not neutralised
+    assert exported[10]["reason"] == "same number as row 1"
+
+
+async def _execute(repo, sql, **params):
+    from sqlalchemy import text
+
+    async with repo.engine.begin() as conn:
+        await conn.execute(text(sql), params)
