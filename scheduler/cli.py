@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run", help="run the daemon (until SIGTERM / SIGINT; SIGHUP reloads config)").set_defaults(
         handler=cmd_run
     )
+    _add_suppress_commands(commands)
     check = commands.add_parser("check", help="exit 0 if the database answers and a daemon ticked recently, else 1")
     check.add_argument("--worker", help="this daemon's scheduler.worker_id (default: any daemon)")
     check.set_defaults(handler=cmd_check)
@@ -76,6 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
     resend.add_argument("id", type=int)
     resend.set_defaults(handler=cmd_chunk_resend)
     return parser
+
+
+def _add_suppress_commands(commands: Any) -> None:
+    suppress = commands.add_parser("suppress", help="the do-not-call list: these numbers are never sent")
+    sub = suppress.add_subparsers(dest="suppress_command", required=True, parser_class=_Parser)
+    add = sub.add_parser("add", help="add numbers")
+    add.add_argument("numbers", nargs="+", metavar="NUMBER")
+    add.add_argument("--reason", help="why (kept with the number)")
+    add.set_defaults(handler=cmd_suppress_add)
+    imp = sub.add_parser("import", help="add every number of a CSV file (phone column by name) or a list")
+    imp.add_argument("file", metavar="FILE")
+    imp.add_argument("--reason")
+    imp.set_defaults(handler=cmd_suppress_import)
+    remove = sub.add_parser("remove", help="take a number off the list")
+    remove.add_argument("number", metavar="NUMBER")
+    remove.set_defaults(handler=cmd_suppress_remove)
+    sub.add_parser("list", help="every suppressed number").set_defaults(handler=cmd_suppress_list)
 
 
 def _add_simulate_command(commands: Any) -> None:
@@ -399,6 +417,71 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     options = DemoOptions(contacts=args.contacts, rate=args.rate, fail_rate=args.fail_rate,
                           chunk_size=args.chunk_size, keep=args.keep, callbacks=args.callbacks)
     return await run_demo(options, _console())
+
+
+def _normalised_numbers(raw_numbers: list[str], settings: Settings) -> list[str]:
+    from .phones import Normaliser
+
+    normalise = Normaliser(settings.contacts.default_region)
+    numbers, problems = [], []
+    for raw in raw_numbers:
+        phone, reason = normalise(raw)
+        if phone is None:
+            problems.append(f"  {reason}")
+        else:
+            numbers.append(phone)
+    if problems:
+        raise UserError("nothing was added; fix these numbers first:\n" + "\n".join(problems))
+    return numbers
+
+
+async def _suppress(settings: Settings, raw_numbers: list[str], reason: str | None, source: str) -> int:
+    from .repository import utcnow
+
+    numbers = _normalised_numbers(raw_numbers, settings)
+    async with _repository(settings) as repo:
+        added = await repo.add_suppressions(numbers, reason, source, utcnow())
+    print(f"{added} number(s) added to the suppression list ({len(numbers) - added} already there); "
+          "they are taken out of chunks not yet sent")
+    return 0
+
+
+async def cmd_suppress_add(args: argparse.Namespace, settings: Settings) -> int:
+    return await _suppress(settings, args.numbers, args.reason, "cli")
+
+
+async def cmd_suppress_import(args: argparse.Namespace, settings: Settings) -> int:
+    from .contacts import ContactsFileError, iter_contacts
+
+    path = Path(args.file)
+    try:
+        _, contacts = iter_contacts(path, settings.contacts.phone_columns, settings.contacts.default_region)
+        raw = [c.raw_phone for c in contacts if c.raw_phone.strip()]
+    except ContactsFileError as exc:
+        if "no phone column" not in str(exc):
+            raise UserError(str(exc)) from None
+        raw = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    return await _suppress(settings, raw, args.reason, f"import:{path.name}")
+
+
+async def cmd_suppress_remove(args: argparse.Namespace, settings: Settings) -> int:
+    (number,) = _normalised_numbers([args.number], settings)
+    async with _repository(settings) as repo:
+        removed = await repo.remove_suppression(number)
+    if not removed:
+        raise UserError(f"{number} is not on the suppression list")
+    print(f"{number} removed from the suppression list")
+    return 0
+
+
+async def cmd_suppress_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with _repository(settings) as repo:
+        rows = await repo.list_suppressions()
+    table = Table("number", "reason", "added (UTC)", "source")
+    for row in rows:
+        table.add_row(row.number, row.reason or "", _fmt_time(row.added_at), row.source or "")
+    _console().print(table if rows else "the suppression list is empty")
+    return 0
 
 
 async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:

@@ -120,6 +120,10 @@ class Dispatcher:
                 log.error("database problem while claiming, retrying in %ss: %s",
                           self.settings.scheduler.poll_interval_seconds, exc)
                 await asyncio.sleep(self.settings.scheduler.poll_interval_seconds)
+            except Exception:  # noqa: BLE001 - a bug must not silently stop all sending
+                log.exception("claiming failed unexpectedly; trying again in %ss",
+                              self.settings.scheduler.poll_interval_seconds)
+                await asyncio.sleep(self.settings.scheduler.poll_interval_seconds)
 
     async def _one_round(self) -> None:
         await self._wait_for_slot()

@@ -19,7 +19,7 @@ from sqlalchemy import case, func, insert, select, update
 from sqlalchemy.engine import Connection
 
 from .chunking import halves
-from .models import Campaign, CampaignStatus, Chunk, ChunkStatus, Contact, ContactStatus, Submission
+from .models import Campaign, CampaignStatus, Chunk, ChunkStatus, Contact, ContactStatus, Submission, Suppression
 from .retry import NextStep, Step
 
 OPEN_CHUNK = (ChunkStatus.PENDING.value, ChunkStatus.SUBMITTING.value)
@@ -70,9 +70,18 @@ def claim_next(
     )
     if is_postgres(conn):
         query = query.with_for_update(skip_locked=True, of=Chunk)
-    row = (conn.execute(query)).first()
-    if row is None:
-        return None
+    while True:
+        row = (conn.execute(query)).first()
+        if row is None:
+            return None
+        remaining = suppress_in_chunk(conn, row.id, row.contact_count, now)
+        if remaining:
+            break
+        # every contact of the chunk was put on the suppression list after ingestion
+        conn.execute(update(Chunk).where(Chunk.id == row.id).values(
+            status=ChunkStatus.CANCELLED.value, finished_at=now, updated_at=now, contact_count=0,
+            last_error="every contact is on the suppression list"))
+        refresh_if_settled(conn, row.campaign_id, now)
     attempt = row.attempts + 1
     conn.execute(
         update(Chunk).where(Chunk.id == row.id).values(
@@ -82,14 +91,32 @@ def claim_next(
     submission_id = conn.scalar(
         insert(Submission).returning(Submission.id).values(
             campaign_id=row.campaign_id, chunk_id=row.id, attempt=attempt, worker=worker, started_at=now,
-            outcome="sending", contact_count=row.contact_count)
+            outcome="sending", contact_count=remaining)
     )
     return ClaimedChunk(
         chunk_id=row.id, campaign_id=row.campaign_id, seq=row.seq, attempt=attempt,
-        contact_count=row.contact_count, submission_id=submission_id, survey_id=row.survey_id,
+        contact_count=remaining, submission_id=submission_id, survey_id=row.survey_id,
         instance_id=row.instance_id, start_at=row.start_at, end_at=row.end_at, max_attempts=row.max_attempts,
         reattempt_wait=row.reattempt_wait, result_url=row.result_url, contacts_header=row.contacts_header,
     )
+
+
+SUPPRESSED_REASON = "on the suppression list"
+
+
+def suppress_in_chunk(conn: Connection, chunk_id: int, contact_count: int, now: datetime) -> int:
+    """Take numbers suppressed since ingestion out of a chunk about to be sent; how many remain."""
+    result = conn.execute(
+        update(Contact)
+        .where(Contact.chunk_id == chunk_id, Contact.status == ContactStatus.PENDING.value,
+               Contact.phone.in_(select(Suppression.number)))
+        .values(status=ContactStatus.SUPPRESSED.value, reason=SUPPRESSED_REASON)
+    )
+    if not result.rowcount:
+        return contact_count
+    conn.execute(update(Chunk).where(Chunk.id == chunk_id).values(
+        contact_count=Chunk.contact_count - result.rowcount, updated_at=now))
+    return contact_count - result.rowcount
 
 
 def chunk_contacts(conn: Connection, chunk_id: int) -> list[tuple[str, str | None]]:
@@ -153,7 +180,8 @@ def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datet
         contacts: dict[str, Any] = {"status": contact_status.value}
         if step is Step.REJECTED:
             contacts["reason"] = plan.message
-        conn.execute(update(Contact).where(Contact.chunk_id == claim.chunk_id).values(**contacts))
+        conn.execute(update(Contact).where(Contact.chunk_id == claim.chunk_id,
+                                           Contact.status == ContactStatus.PENDING.value).values(**contacts))
 
 
 def stop_campaigns(conn: Connection, campaign_id: int, step: Step, message: str, now: datetime) -> None:
@@ -172,7 +200,9 @@ def stop_campaigns(conn: Connection, campaign_id: int, step: Step, message: str,
 def split(conn: Connection, chunk_id: int, campaign_id: int, now: datetime) -> None:
     """Replace a refused chunk by two halves (file order kept) that are sent on their own."""
     rows = (conn.scalars(
-        select(Contact.row_number).where(Contact.chunk_id == chunk_id).order_by(Contact.row_number)
+        select(Contact.row_number)
+        .where(Contact.chunk_id == chunk_id, Contact.status == ContactStatus.PENDING.value)
+        .order_by(Contact.row_number)
     )).all()
     if is_postgres(conn):
         # Two splits of one campaign at once would pick the same new seq: take turns.
@@ -186,7 +216,8 @@ def split(conn: Connection, chunk_id: int, campaign_id: int, now: datetime) -> N
         )
         conn.execute(
             update(Contact)
-            .where(Contact.chunk_id == chunk_id, Contact.row_number.between(part[0], part[-1]))
+            .where(Contact.chunk_id == chunk_id, Contact.status == ContactStatus.PENDING.value,
+                   Contact.row_number.between(part[0], part[-1]))
             .values(chunk_id=child_id)
         )
 

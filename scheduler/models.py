@@ -136,6 +136,7 @@ class ContactStatus(str, enum.Enum):
     UNKNOWN = "unknown"
     EXPIRED = "expired"
     CANCELLED = "cancelled"
+    SUPPRESSED = "suppressed"
 
 
 class Outcome(str, enum.Enum):
@@ -300,3 +301,14 @@ class Worker(Base):
     worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     last_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Suppression(Base):
+    """A number that must never be called (do-not-call), checked at ingestion and before each send."""
+
+    __tablename__ = "suppressions"
+
+    number: Mapped[str] = mapped_column(String(32), primary_key=True)  # E.164
+    reason: Mapped[str | None] = mapped_column(Text)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    source: Mapped[str | None] = mapped_column(String(200))

@@ -31,6 +31,7 @@ from .models import (
     Contact,
     ContactStatus,
     Submission,
+    Suppression,
     Worker,
 )
 from . import ledger
@@ -295,7 +296,8 @@ class DaemonQueries:
                 .values(outcome="unknown", error=reason, finished_at=now)
             )
             await session.execute(
-                update(Contact).where(Contact.chunk_id.in_(ids)).values(status=ContactStatus.UNKNOWN.value)
+                update(Contact).where(Contact.chunk_id.in_(ids), Contact.status == ContactStatus.PENDING.value)
+                .values(status=ContactStatus.UNKNOWN.value)
             )
             campaigns = set((await session.scalars(select(Chunk.campaign_id).where(Chunk.id.in_(ids)))).all())
             for campaign_id in campaigns:
@@ -428,10 +430,22 @@ class DaemonQueries:
                         contacts_total=counts["total"], contacts_valid=counts["valid"],
                         contacts_invalid=counts["invalid"], contacts_duplicate=counts["duplicate"], updated_at=now)
             )
+            await session.execute(
+                update(Contact)
+                .where(Contact.campaign_id == campaign_id, Contact.status == ContactStatus.PENDING.value,
+                       Contact.phone.in_(select(Suppression.number)))
+                .values(status=ContactStatus.SUPPRESSED.value, reason=ledger.SUPPRESSED_REASON)
+            )
             sizes = (
-                select(func.count()).where(Contact.chunk_id == Chunk.id).correlate(Chunk).scalar_subquery()
+                select(func.count()).where(Contact.chunk_id == Chunk.id, Contact.status == ContactStatus.PENDING.value)
+                .correlate(Chunk).scalar_subquery()
             )
             await session.execute(update(Chunk).where(Chunk.campaign_id == campaign_id).values(contact_count=sizes))
+            await session.execute(
+                update(Chunk).where(Chunk.campaign_id == campaign_id, Chunk.contact_count == 0).values(
+                    status=ChunkStatus.CANCELLED.value, finished_at=now,
+                    last_error="every contact is on the suppression list")
+            )
             await self._refresh(session, campaign_id, now)
 
     # -- chunks: claiming and recording --------------------------------------------
@@ -463,7 +477,8 @@ class DaemonQueries:
             )
             if expired_at is not None:
                 await session.execute(
-                    update(Contact).where(Contact.chunk_id == claim.chunk_id)
+                    update(Contact)
+                    .where(Contact.chunk_id == claim.chunk_id, Contact.status == ContactStatus.PENDING.value)
                     .values(status=ContactStatus.EXPIRED.value)
                 )
                 await self._refresh(session, claim.campaign_id, expired_at)
@@ -535,7 +550,9 @@ class DaemonQueries:
 async def _set_contact_status(session: AsyncSession, chunk_ids: list[int], status: str) -> None:
     for start in range(0, len(chunk_ids), 500):
         await session.execute(
-            update(Contact).where(Contact.chunk_id.in_(chunk_ids[start:start + 500])).values(status=status)
+            update(Contact)
+            .where(Contact.chunk_id.in_(chunk_ids[start:start + 500]), Contact.status == ContactStatus.PENDING.value)
+            .values(status=status)
         )
 
 
@@ -637,6 +654,26 @@ class ResultQueries:
             result = await conn.stream(query)
             async for row in result:
                 yield row
+
+    # -- the suppression list ---------------------------------------------------------
+
+    async def add_suppressions(self, numbers: list[str], reason: str | None, source: str, now: datetime) -> int:
+        """Add E.164 numbers; already listed ones are left as they are. Returns how many were new."""
+        async with self._write() as session:
+            known = set((await session.scalars(
+                select(Suppression.number).where(Suppression.number.in_(numbers)))).all())
+            new = [n for n in dict.fromkeys(numbers) if n not in known]
+            session.add_all(Suppression(number=n, reason=reason, source=source, added_at=now) for n in new)
+        return len(new)
+
+    async def remove_suppression(self, number: str) -> bool:
+        async with self._write() as session:
+            result = await session.execute(delete(Suppression).where(Suppression.number == number))
+        return bool(result.rowcount)
+
+    async def list_suppressions(self) -> Sequence[Suppression]:
+        async with self._read() as session:
+            return (await session.scalars(select(Suppression).order_by(Suppression.added_at))).all()
 
     async def call_results_by_status(self, campaign_id: int) -> dict[str, int]:
         async with self._read() as session:

@@ -135,3 +135,17 @@ def test_unreachable_database_is_named_with_password_masked(cli):
     assert "cannot connect to database postgresql+asyncpg://admin:***@127.0.0.1:9/nowhere" in result.stderr
     assert "s3cr3t" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_suppress_add_import_list_remove(cli):
+    cli("db", "upgrade")
+    assert "2 number(s) added" in cli("suppress", "add", "(617) 253-1000", "+1 212 736 5000", "--reason", "asked").stdout
+    refused = cli("suppress", "add", "12345", check=False)
+    assert refused.returncode == 2 and "not a valid phone number: '12345'" in refused.stderr
+    (cli.workdir / "dnc.csv").write_text("name,phone\nA,617-253-1000\nB,303 555 0199\n")
+    assert "1 number(s) added" in cli("suppress", "import", str(cli.workdir / "dnc.csv")).stdout
+    listed = cli("suppress", "list").stdout
+    assert "+16172531000" in listed and "+13035550199" in listed and "import:dnc.csv" in listed
+    assert "removed" in cli("suppress", "remove", "6172531000").stdout
+    again = cli("suppress", "remove", "6172531000", check=False)
+    assert again.returncode == 2 and "is not on the suppression list" in again.stderr

@@ -1,0 +1,50 @@
+"""The do-not-call list: checked at ingestion and again right before each chunk is sent."""
+
+import asyncio
+from datetime import datetime, timezone
+
+from tests.support.harness import campaign, e164, rows, running_daemon, settings_for, simulator, valid_numbers, \
+    wait_for, write_contacts
+
+FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
+
+
+async def test_suppressed_before_ingestion_is_never_sent(repo, db_url, tmp_path):
+    numbers = valid_numbers(25)
+    banned = [e164(numbers[3]), e164(numbers[20]), e164(numbers[21]), e164(numbers[22]), e164(numbers[23]),
+              e164(numbers[24])]
+    await repo.add_suppressions(banned, "asked not to be called", "test", datetime.now(timezone.utc))
+    contacts = write_contacts(tmp_path / "c.csv", numbers)
+    async with simulator() as sim:
+        row = await repo.create_campaign(campaign(contacts, chunk_size=5))
+        async with running_daemon(settings_for(db_url, sim.base_url)):
+            done = await wait_for(repo, row.id, FINAL)
+    assert not set(banned) & set(sim.queued_numbers)
+    assert set(sim.queued_numbers) == {e164(n) for n in numbers} - set(banned)
+    suppressed = await rows(repo, "SELECT phone, reason FROM contacts WHERE status = 'suppressed'")
+    assert {p for p, _ in suppressed} == set(banned)
+    assert all(reason == "on the suppression list" for _, reason in suppressed)
+    # the last chunk held only suppressed numbers: cancelled, never sent
+    assert len(sim.requests) == 4
+    assert await rows(repo, "SELECT status, contact_count FROM chunks WHERE seq = 4") == [("cancelled", 0)]
+    assert done.contacts_queued == 19
+
+
+async def test_a_number_suppressed_mid_campaign_is_taken_out_of_unsent_chunks(repo, db_url, tmp_path):
+    numbers = valid_numbers(60)
+    contacts = write_contacts(tmp_path / "c.csv", numbers)
+    late = e164(numbers[55])
+    async with simulator() as sim:
+        settings = settings_for(db_url, sim.base_url, rate_limit_per_second=4, max_concurrency=1)
+        row = await repo.create_campaign(campaign(contacts))
+        async with running_daemon(settings):
+            while len(sim.requests) < 1:
+                await asyncio.sleep(0.05)
+            await repo.add_suppressions([late], "asked during the campaign", "test", datetime.now(timezone.utc))
+            done = await wait_for(repo, row.id, FINAL)
+    assert late not in sim.queued_numbers
+    assert len(sim.queued_numbers) == 59
+    assert await rows(repo, "SELECT status FROM contacts WHERE phone = :p", p=late) == [("suppressed",)]
+    assert done.status == "completed"
+    last = next(r for r in sim.requests if any(n == e164(numbers[50]) for n in r.numbers))
+    assert len(last.numbers) == 9  # the chunk went out without the suppressed number
