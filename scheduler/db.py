@@ -37,10 +37,6 @@ def safe_url(url: str) -> str:
         return "<unparseable database url>"
 
 
-def is_sqlite(url: str) -> bool:
-    return url.startswith("sqlite")
-
-
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     try:
         parsed = make_url(url)

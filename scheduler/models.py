@@ -113,19 +113,6 @@ class ChunkStatus(str, enum.Enum):
     CANCELLED = "cancelled"
 
 
-FINAL_CHUNK_STATUSES = frozenset(
-    {
-        ChunkStatus.SUCCEEDED,
-        ChunkStatus.FAILED,
-        ChunkStatus.REJECTED,
-        ChunkStatus.SPLIT,
-        ChunkStatus.UNKNOWN,
-        ChunkStatus.EXPIRED,
-        ChunkStatus.CANCELLED,
-    }
-)
-
-
 class ContactStatus(str, enum.Enum):
     PENDING = "pending"
     QUEUED = "queued"

@@ -248,18 +248,6 @@ async def _bulk_insert_contacts(conn: Any, records: list[tuple[Any, ...]]) -> No
     await conn.exec_driver_sql(f"INSERT INTO contacts ({', '.join(CONTACT_COLUMNS)}) VALUES ({marks})", records)
 
 
-@dataclass(frozen=True)
-class ContactRow:
-    campaign_id: int
-    row_number: int
-    raw_phone: str
-    phone: str | None
-    extra: str | None
-    status: str
-    reason: str | None
-    chunk_seq: int | None
-
-
 class DaemonQueries:
     """Mixed into Repository: what the tick, ingestion and dispatcher ask."""
 
