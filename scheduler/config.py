@@ -86,6 +86,8 @@ class SchedulerSettings(_Section):
 class ContactsSettings(_Section):
     phone_columns: list[str] = Field(default_factory=lambda: list(DEFAULT_PHONE_COLUMNS), min_length=1)
     default_region: str = Field("US", min_length=2, max_length=2)
+    # A number queued by another campaign less than this many hours ago is not sent (0: off).
+    min_hours_between_calls: float = Field(0.0, ge=0)
 
 
 class CallbackSettings(_Section):

@@ -23,6 +23,7 @@ from .callbacks import signed_url
 from .config import Settings
 from .contacts import unpack_extra
 from .errors import DatabaseError, InvalidRequest
+from .ingest import recent_since
 from .insight import BulkQueueRequest, InsightClient, SubmitResult
 from .metrics import Metrics
 from .models import Outcome
@@ -146,9 +147,8 @@ class Dispatcher:
         # A claim that committed must not be lost to a cancellation: give it back.
         now = self.clock()
         lease = timedelta(seconds=self.settings.insight.timeout_seconds + LEASE_SLACK_SECONDS)
-        task = asyncio.ensure_future(
-            self.repo.claim_next_chunk(self.worker, now, now + lease, self._last_campaign_id)
-        )
+        task = asyncio.ensure_future(self.repo.claim_next_chunk(
+            self.worker, now, now + lease, self._last_campaign_id, recent_since(self.settings, now)))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:

@@ -57,6 +57,12 @@ class ChunkAssigner:
         return new_chunks, rows
 
 
+def recent_since(settings: Settings, now: datetime) -> datetime | None:
+    """Numbers queued by another campaign after this moment are not called again (None: cap off)."""
+    hours = settings.contacts.min_hours_between_calls
+    return now - timedelta(hours=hours) if hours > 0 else None
+
+
 def row_problems(campaign: Campaign, settings: Settings) -> list[str]:
     bounds = WaitBounds(settings.insight.reattempt_wait_min_seconds, settings.insight.reattempt_wait_max_seconds)
     return campaign_problems(
@@ -141,7 +147,8 @@ async def ingest_campaign(
         await repo.fail_campaign(campaign.id, str(exc), clock())
         log.warning("campaign %s failed: %s", campaign.id, exc)
         return False
-    await repo.finish_ingestion(campaign.id, header, counts, clock())
+    now = clock()
+    await repo.finish_ingestion(campaign.id, header, counts, now, recent_since(settings, now))
     log.info("campaign %s ingested: %s", campaign.id, counts)
     return True
 

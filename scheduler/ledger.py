@@ -15,11 +15,24 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, func, insert, select, update
+from sqlalchemy import Integer, case, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from .chunking import halves
-from .models import Campaign, CampaignStatus, Chunk, ChunkStatus, Contact, ContactStatus, Submission, Suppression
+from .models import (
+    Campaign,
+    CampaignStatus,
+    Chunk,
+    ChunkStatus,
+    Contact,
+    ContactStatus,
+    RecentCall,
+    Submission,
+    Suppression,
+    UTCDateTime,
+)
 from .retry import NextStep, Step
 
 OPEN_CHUNK = (ChunkStatus.PENDING.value, ChunkStatus.SUBMITTING.value)
@@ -50,7 +63,8 @@ def is_postgres(conn: Connection) -> bool:
 
 
 def claim_next(
-    conn: Connection, worker: str, now: datetime, lease_until: datetime, after_campaign_id: int
+    conn: Connection, worker: str, now: datetime, lease_until: datetime, after_campaign_id: int,
+    recent_since: datetime | None = None,
 ) -> ClaimedChunk | None:
     """Take the next ready chunk, round-robin over campaigns (the caller's transaction is the lock)."""
     query = (
@@ -74,13 +88,13 @@ def claim_next(
         row = (conn.execute(query)).first()
         if row is None:
             return None
-        remaining = suppress_in_chunk(conn, row.id, row.contact_count, now)
+        remaining = suppress_in_chunk(conn, row.id, row.campaign_id, row.contact_count, now, recent_since)
         if remaining:
             break
-        # every contact of the chunk was put on the suppression list after ingestion
+        # every contact was suppressed, or called by another campaign, since ingestion
         conn.execute(update(Chunk).where(Chunk.id == row.id).values(
             status=ChunkStatus.CANCELLED.value, finished_at=now, updated_at=now, contact_count=0,
-            last_error="every contact is on the suppression list"))
+            last_error="no contact left to call (suppressed or recently contacted)"))
         refresh_if_settled(conn, row.campaign_id, now)
     attempt = row.attempts + 1
     conn.execute(
@@ -104,19 +118,46 @@ def claim_next(
 SUPPRESSED_REASON = "on the suppression list"
 
 
-def suppress_in_chunk(conn: Connection, chunk_id: int, contact_count: int, now: datetime) -> int:
-    """Take numbers suppressed since ingestion out of a chunk about to be sent; how many remain."""
-    result = conn.execute(
-        update(Contact)
-        .where(Contact.chunk_id == chunk_id, Contact.status == ContactStatus.PENDING.value,
-               Contact.phone.in_(select(Suppression.number)))
-        .values(status=ContactStatus.SUPPRESSED.value, reason=SUPPRESSED_REASON)
-    )
-    if not result.rowcount:
-        return contact_count
-    conn.execute(update(Chunk).where(Chunk.id == chunk_id).values(
-        contact_count=Chunk.contact_count - result.rowcount, updated_at=now))
-    return contact_count - result.rowcount
+RECENT_REASON = "queued by another campaign within contacts.min_hours_between_calls"
+
+
+def do_not_call(campaign_id: int, recent_since: datetime | None) -> list[tuple[Any, str, str]]:
+    """(which numbers, contact status, reason): the suppression list, and the frequency cap when on."""
+    rules: list[tuple[Any, str, str]] = [
+        (select(Suppression.number), ContactStatus.SUPPRESSED.value, SUPPRESSED_REASON)]
+    if recent_since is not None:
+        recent = select(RecentCall.number).where(RecentCall.campaign_id != campaign_id,
+                                                 RecentCall.queued_at > recent_since)
+        rules.append((recent, ContactStatus.RECENTLY_CONTACTED.value, RECENT_REASON))
+    return rules
+
+
+def suppress_in_chunk(conn: Connection, chunk_id: int, campaign_id: int, contact_count: int, now: datetime,
+                      recent_since: datetime | None = None) -> int:
+    """Take numbers not to be called (added since ingestion) out of a chunk about to be sent; how many remain."""
+    removed = 0
+    for numbers, status, reason in do_not_call(campaign_id, recent_since):
+        removed += conn.execute(
+            update(Contact)
+            .where(Contact.chunk_id == chunk_id, Contact.status == ContactStatus.PENDING.value,
+                   Contact.phone.in_(numbers))
+            .values(status=status, reason=reason)
+        ).rowcount
+    if removed:
+        conn.execute(update(Chunk).where(Chunk.id == chunk_id).values(
+            contact_count=Chunk.contact_count - removed, updated_at=now))
+    return contact_count - removed
+
+
+def remember_queued(conn: Connection, chunk_id: int, campaign_id: int, now: datetime) -> None:
+    """Record when each number of an accepted chunk was queued (for the frequency cap)."""
+    dialect_insert = postgresql_insert if is_postgres(conn) else sqlite_insert
+    rows = select(Contact.phone, literal(campaign_id, Integer()), literal(now, UTCDateTime())).where(
+        Contact.chunk_id == chunk_id, Contact.status == ContactStatus.QUEUED.value)
+    statement = dialect_insert(RecentCall).from_select(["number", "campaign_id", "queued_at"], rows)
+    conn.execute(statement.on_conflict_do_update(
+        index_elements=[RecentCall.number],
+        set_={"campaign_id": statement.excluded.campaign_id, "queued_at": statement.excluded.queued_at}))
 
 
 def chunk_contacts(conn: Connection, chunk_id: int) -> list[tuple[str, str | None]]:
@@ -182,6 +223,8 @@ def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datet
             contacts["reason"] = plan.message
         conn.execute(update(Contact).where(Contact.chunk_id == claim.chunk_id,
                                            Contact.status == ContactStatus.PENDING.value).values(**contacts))
+        if step is Step.SUCCEEDED:
+            remember_queued(conn, claim.chunk_id, claim.campaign_id, now)
 
 
 def stop_campaigns(conn: Connection, campaign_id: int, step: Step, message: str, now: datetime) -> None:

@@ -124,6 +124,7 @@ class ContactStatus(str, enum.Enum):
     EXPIRED = "expired"
     CANCELLED = "cancelled"
     SUPPRESSED = "suppressed"
+    RECENTLY_CONTACTED = "recently_contacted"
 
 
 class Outcome(str, enum.Enum):
@@ -299,3 +300,13 @@ class Suppression(Base):
     reason: Mapped[str | None] = mapped_column(Text)
     added_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     source: Mapped[str | None] = mapped_column(String(200))
+
+
+class RecentCall(Base):
+    """When each number was last queued with Plum, and by which campaign (frequency caps)."""
+
+    __tablename__ = "recent_calls"
+
+    number: Mapped[str] = mapped_column(String(32), primary_key=True)  # E.164
+    campaign_id: Mapped[int] = mapped_column(Integer)
+    queued_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -408,7 +408,8 @@ class DaemonQueries:
             await _bulk_insert_contacts(await session.connection(), records)
 
     async def finish_ingestion(
-        self, campaign_id: int, header_json: str, counts: dict[str, int], now: datetime
+        self, campaign_id: int, header_json: str, counts: dict[str, int], now: datetime,
+        recent_since: datetime | None = None,
     ) -> None:
         async with self._write() as session:
             await session.execute(
@@ -418,12 +419,13 @@ class DaemonQueries:
                         contacts_total=counts["total"], contacts_valid=counts["valid"],
                         contacts_invalid=counts["invalid"], contacts_duplicate=counts["duplicate"], updated_at=now)
             )
-            await session.execute(
-                update(Contact)
-                .where(Contact.campaign_id == campaign_id, Contact.status == ContactStatus.PENDING.value,
-                       Contact.phone.in_(select(Suppression.number)))
-                .values(status=ContactStatus.SUPPRESSED.value, reason=ledger.SUPPRESSED_REASON)
-            )
+            for numbers, status, reason in ledger.do_not_call(campaign_id, recent_since):
+                await session.execute(
+                    update(Contact)
+                    .where(Contact.campaign_id == campaign_id, Contact.status == ContactStatus.PENDING.value,
+                           Contact.phone.in_(numbers))
+                    .values(status=status, reason=reason)
+                )
             sizes = (
                 select(func.count()).where(Contact.chunk_id == Chunk.id, Contact.status == ContactStatus.PENDING.value)
                 .correlate(Chunk).scalar_subquery()
@@ -432,21 +434,22 @@ class DaemonQueries:
             await session.execute(
                 update(Chunk).where(Chunk.campaign_id == campaign_id, Chunk.contact_count == 0).values(
                     status=ChunkStatus.CANCELLED.value, finished_at=now,
-                    last_error="every contact is on the suppression list")
+                    last_error="no contact left to call (suppressed or recently contacted)")
             )
             await self._refresh(session, campaign_id, now)
 
     # -- chunks: claiming and recording --------------------------------------------
 
     async def claim_next_chunk(
-        self, worker: str, now: datetime, lease_until: datetime, after_campaign_id: int = 0
+        self, worker: str, now: datetime, lease_until: datetime, after_campaign_id: int = 0,
+        recent_since: datetime | None = None,
     ) -> ClaimedChunk | None:
         """Atomically take the next ready chunk, round-robin over campaigns.
 
         PostgreSQL: FOR UPDATE SKIP LOCKED, so replicas never wait for or take
         each other's chunk. SQLite: the BEGIN IMMEDIATE transaction is the lock.
         """
-        return await self._ledger(ledger.claim_next, worker, now, lease_until, after_campaign_id)
+        return await self._ledger(ledger.claim_next, worker, now, lease_until, after_campaign_id, recent_since)
 
     async def release_claim(self, claim: ClaimedChunk, expired_at: datetime | None = None) -> None:
         """Undo a claim whose request was never sent: back to pending (shutdown between

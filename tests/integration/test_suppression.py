@@ -48,3 +48,39 @@ async def test_a_number_suppressed_mid_campaign_is_taken_out_of_unsent_chunks(re
     assert done.status == "completed"
     last = next(r for r in sim.requests if any(n == e164(numbers[50]) for n in r.numbers))
     assert len(last.numbers) == 9  # the chunk went out without the suppressed number
+
+
+async def test_frequency_cap_across_two_campaigns(repo, db_url, tmp_path):
+    numbers = valid_numbers(30)
+    first = write_contacts(tmp_path / "first.csv", numbers[:20])
+    second = write_contacts(tmp_path / "second.csv", numbers[10:30])  # 10 numbers in common
+    async with simulator() as sim:
+        settings = settings_for(db_url, sim.base_url)
+        settings.contacts.min_hours_between_calls = 24
+        a = await repo.create_campaign(campaign(first, name="first"))
+        async with running_daemon(settings):
+            await wait_for(repo, a.id, FINAL)
+            b = await repo.create_campaign(campaign(second, name="second"))
+            done = await wait_for(repo, b.id, FINAL)
+    assert sim.stats()["numbers_queued_more_than_once"] == 0
+    assert len(sim.queued_numbers) == 30
+    capped = await rows(repo, "SELECT phone, reason FROM contacts WHERE campaign_id = :id AND "
+                              "status = 'recently_contacted'", id=b.id)
+    assert {p for p, _ in capped} == {e164(n) for n in numbers[10:20]}
+    assert all("min_hours_between_calls" in reason for _, reason in capped)
+    assert done.contacts_queued == 10
+
+
+async def test_without_the_cap_the_same_number_may_be_called_by_two_campaigns(repo, db_url, tmp_path):
+    numbers = valid_numbers(5)
+    contacts = write_contacts(tmp_path / "c.csv", numbers)
+    async with simulator() as sim:
+        settings = settings_for(db_url, sim.base_url)
+        a = await repo.create_campaign(campaign(contacts, name="a"))
+        async with running_daemon(settings):
+            await wait_for(repo, a.id, FINAL)
+            b = await repo.create_campaign(campaign(contacts, name="b"))
+            await wait_for(repo, b.id, FINAL)
+    assert sim.stats()["contacts_queued"] == 10
+    recent = await rows(repo, "SELECT campaign_id, count(*) FROM recent_calls GROUP BY campaign_id")
+    assert recent == [(b.id, 5)]  # the latest queueing of each number is remembered
