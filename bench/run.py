@@ -246,7 +246,7 @@ def naive_floor(path: Path) -> float:
     return time.perf_counter() - started
 
 
-async def ingest_once(path: Path, db_url: str) -> dict:
+async def ingest_once(path: Path, db_url: str, calling_window: str | None = None) -> dict:
     """Runs in a fresh process (see --ingest-one) so peak RSS is this ingestion's alone."""
     from scheduler.phones import warm_up
 
@@ -267,22 +267,25 @@ async def ingest_once(path: Path, db_url: str) -> dict:
 
     watcher = asyncio.get_running_loop().create_task(watch_loop())
     started = time.perf_counter()
-    ok = await ingest_campaign(repo, row, Settings(), "bench", utcnow)
+    cfg = Settings.model_validate({"contacts": {"calling_window": calling_window}})
+    ok = await ingest_campaign(repo, row, cfg, "bench", utcnow)
     seconds = time.perf_counter() - started
     done.set()
     await watcher
     current = await repo.get_campaign(row.id)
+    report = await repo.campaign_report(row.id)
     await engine.dispose()
     return {
         "ok": ok, "seconds": seconds, "contacts": current.contacts_total, "chunks": current.chunks_total,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-        "stall_ms": stall * 1000,
+        "stall_ms": stall * 1000, "zone_sets": len(report.zones),
+        "out_of_window": report.contacts_by_status.get("out_of_window", 0),
     }
 
 
-def ingest_in_subprocess(path: Path, db_url: str) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--ingest-one", str(path), db_url],
+def ingest_in_subprocess(path: Path, db_url: str, calling_window: str = "") -> dict:
+    out = subprocess.run([sys.executable, __file__, "--ingest-one", str(path), db_url, calling_window],
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -312,6 +315,28 @@ async def ingestion(workdir: Path, sizes: list[int]) -> tuple[list[Row], dict[in
                 f"{floor / result['seconds']:.2f}x faster than the floor",
                 "1M <= 15 s, RSS <= 300 MB, stall <= 100 ms", "yes" if goal_ok else "no"))
     return rows, sqlite_seconds
+
+
+async def ingestion_with_windows(workdir: Path, size: int) -> Row:
+    """The same file with and without calling windows (US rule, recipient zones), SQLite, one run."""
+    path = workdir / f"ingest{size}.csv"
+    if not path.exists():
+        generate_contacts(path, size)
+    results = {}
+    for window in ("", "08:00-21:00"):
+        url = await fresh_sqlite(workdir)
+        results[window] = ingest_in_subprocess(path, url, window)
+    off, on = results[""], results["08:00-21:00"]
+    rss = max(on["rss_mb"], on["worker_rss_mb"])
+    ok = on["stall_ms"] <= 100 and rss <= 300 and (size < 1_000_000 or on["seconds"] <= 15)
+    return Row(
+        f"8. ingest {size:,} contacts with calling windows (08:00-21:00, recipient zones), sqlite",
+        f"{on['seconds']:.2f} s, {on['chunks']} chunks over {on['zone_sets']} zone sets, "
+        f"{on['out_of_window']} out_of_window, peak RSS {on['rss_mb']:.0f} MB (+ parser {on['worker_rss_mb']:.0f} MB), "
+        f"max loop stall {on['stall_ms']:.0f} ms",
+        f"windows off, same run: {off['seconds']:.2f} s, {off['chunks']} chunks",
+        f"{on['seconds'] / off['seconds']:.2f}x the time without windows",
+        "1M <= 15 s, RSS <= 300 MB, stall <= 100 ms", "yes" if ok else "no")
 
 
 # -- 4. end to end ------------------------------------------------------------------------
@@ -494,14 +519,16 @@ async def main(quick: bool, only: set[int]) -> None:
         rows.append(await pickup_latency(workdir, 2.0))
     if wanted(7):
         rows.append(await kill_nine(workdir, 5_000 if quick else 20_000, 50))
+    if wanted(8):
+        rows.append(await ingestion_with_windows(workdir, sizes[-1]))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\nbench run {stamp} on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})\n")
     print(table(rows))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--ingest-one":
-        print(json.dumps(asyncio.run(ingest_once(Path(sys.argv[2]), sys.argv[3]))))
+    if len(sys.argv) == 5 and sys.argv[1] == "--ingest-one":
+        print(json.dumps(asyncio.run(ingest_once(Path(sys.argv[2]), sys.argv[3], sys.argv[4] or None))))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")

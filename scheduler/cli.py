@@ -17,11 +17,12 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 from rich.console import Console
 from rich.table import Table
 
-from . import db
+from . import db, windows
 from .config import Settings, load_settings
 from .errors import UserError
 from .models import Campaign, CampaignStatus
-from .repository import CampaignReport, NewCampaign, Repository
+from .reports import fmt_time, print_report, report_as_dict
+from .repository import NewCampaign, Repository
 from .rules import WaitBounds, campaign_problems, parse_when
 
 EXIT_USER_ERROR = 2
@@ -63,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep the database for `campaign show`")
     demo.add_argument("--callbacks", action="store_true",
                       help="receive call results on a signed result_url (the simulator reports every call)")
+    demo.add_argument("--timezone-policy", choices=("recipient", "campaign"),
+                      help="call only within local calling hours, in each recipient's or the campaign's time zone")
+    demo.add_argument("--calling-window", metavar="HH:MM-HH:MM",
+                      help="local calling hours (default with --timezone-policy: 08:00-21:00, the US rule)")
+    demo.add_argument("--campaign-timezone", metavar="ZONE", help="with --timezone-policy campaign, e.g. America/Chicago")
     demo.set_defaults(handler=cmd_demo, needs_config=False)
     commands.add_parser("run", help="run the daemon (until SIGTERM / SIGINT; SIGHUP reloads config)").set_defaults(
         handler=cmd_run
@@ -176,6 +182,9 @@ def _add_campaign_commands(commands: Any) -> None:
     create.add_argument("--reattempt-wait", type=int, metavar="S", help="seconds; required when max-attempts > 1")
     create.add_argument("--result-url", metavar="URL")
     create.add_argument("--chunk-size", type=int, metavar="N", help="override submission.chunk_size")
+    create.add_argument("--calling-window", metavar="HH:MM-HH:MM",
+                        help="local calling hours for this campaign (overrides contacts.calling_window)")
+    create.add_argument("--excluded-weekdays", metavar="DAYS", help="e.g. sat,sun: nobody is called on those days")
     create.add_argument("--draft", action="store_true", help="create as draft (not picked up until resumed)")
     create.set_defaults(handler=cmd_campaign_create)
 
@@ -261,6 +270,8 @@ def _new_campaign_from_args(args: argparse.Namespace, settings: Settings) -> New
         )
         if not (p.startswith(("start_at: must be set", "end_at: must be set")))
     ]
+    window_start, window_end, window_problem = _window_from_args(args)
+    problems += window_problem
     if problems:
         raise UserError("cannot create campaign:\n" + "\n".join(f"  {p}" for p in problems))
     assert start is not None and end is not None
@@ -275,8 +286,28 @@ def _new_campaign_from_args(args: argparse.Namespace, settings: Settings) -> New
         reattempt_wait=args.reattempt_wait,
         result_url=args.result_url,
         chunk_size=args.chunk_size,
+        calling_window_start=window_start,
+        calling_window_end=window_end,
+        excluded_weekdays=args.excluded_weekdays,
         status=(CampaignStatus.DRAFT if args.draft else CampaignStatus.SCHEDULED).value,
     )
+
+
+def _window_from_args(args: argparse.Namespace) -> tuple[str | None, str | None, list[str]]:
+    """--calling-window 08:00-21:00 -> the two columns; --excluded-weekdays is checked too."""
+    start = end = None
+    problems = []
+    if args.calling_window:
+        try:
+            window = windows.parse_window(args.calling_window)
+            start, end = windows.format_clock(window.start_minute), windows.format_clock(window.end_minute)
+        except ValueError as exc:
+            problems.append(f"--calling-window: {exc}")
+    try:
+        windows.parse_weekdays(args.excluded_weekdays)
+    except ValueError as exc:
+        problems.append(f"--excluded-weekdays: {exc}")
+    return start, end, problems
 
 
 async def cmd_campaign_create(args: argparse.Namespace, settings: Settings) -> int:
@@ -296,8 +327,8 @@ async def cmd_campaign_list(args: argparse.Namespace, settings: Settings) -> int
             str(row.id),
             row.name,
             row.status,
-            _fmt_time(row.start_at),
-            _fmt_time(row.end_at),
+            fmt_time(row.start_at),
+            fmt_time(row.end_at),
             str(row.contacts_total),
             str(row.contacts_queued),
             _progress(row),
@@ -312,10 +343,6 @@ def _progress(row: Campaign) -> str:
     return f"{100.0 * row.contacts_queued / row.contacts_valid:.1f}%"
 
 
-def _fmt_time(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
-
-
 async def cmd_campaign_show(args: argparse.Namespace, settings: Settings) -> int:
     async with _repository(settings) as repo:
         report = await repo.campaign_report(args.id)
@@ -324,61 +351,6 @@ async def cmd_campaign_show(args: argparse.Namespace, settings: Settings) -> int
     else:
         print_report(report, _console())
     return 0
-
-
-CAMPAIGN_FIELDS = (
-    "id name status last_error survey_id instance_id contacts_path start_at end_at max_attempts "
-    "reattempt_wait result_url chunk_size created_at updated_at started_at finished_at "
-    "contacts_total contacts_valid contacts_invalid contacts_duplicate contacts_queued"
-).split()
-
-
-def _timing(report: CampaignReport, count: int) -> dict[str, Any]:
-    first, last = report.first_request_at, report.last_request_at
-    span = (last - first).total_seconds() if first and last else 0.0
-    return {
-        "started_at": report.campaign.started_at, "finished_at": report.campaign.finished_at,
-        "first_request_at": first, "last_request_at": last,
-        "achieved_requests_per_second": round((count - 1) / span, 3) if count > 1 and span > 0 else None,
-    }
-
-
-def report_as_dict(report: CampaignReport) -> dict[str, Any]:
-    row = report.campaign
-    requests = sum(report.submissions_by_outcome.values())
-    return {
-        "campaign": {name: getattr(row, name) for name in CAMPAIGN_FIELDS},
-        "chunks_by_status": report.chunks_by_status,
-        "contacts_by_status": report.contacts_by_status,
-        "submissions_by_status_code": report.submissions_by_code,
-        "submissions_by_outcome": report.submissions_by_outcome,
-        "call_results_by_status": report.call_results_by_status,
-        "timing": _timing(report, requests),
-        "unknown_chunks": [
-            {"id": c.id, "seq": c.seq, "contacts": c.contact_count, "last_error": c.last_error}
-            for c in report.unknown_chunks
-        ],
-    }
-
-
-def print_report(report: CampaignReport, console: Console) -> None:
-    data = report_as_dict(report)
-    fields = Table(show_header=False, box=None)
-    for key, value in data["campaign"].items():
-        fields.add_row(key, "-" if value is None else str(value))
-    console.print(fields)
-    for title in ("chunks_by_status", "contacts_by_status", "submissions_by_status_code", "submissions_by_outcome",
-                  "call_results_by_status", "timing"):
-        counts = data[title]
-        table = Table(title.replace("_", " "), "value" if title == "timing" else "count")
-        for key, count in sorted(counts.items(), key=lambda kv: str(kv[0])):
-            table.add_row(str(key), str(count))
-        console.print(table if counts else f"{title.replace('_', ' ')}: none")
-    if data["unknown_chunks"]:
-        table = Table("chunk id", "seq", "contacts", "why", title="unknown chunks: resend or leave (a decision)")
-        for chunk in data["unknown_chunks"]:
-            table.add_row(str(chunk["id"]), str(chunk["seq"]), str(chunk["contacts"]), chunk["last_error"] or "")
-        console.print(table)
 
 
 async def _change(args: argparse.Namespace, settings: Settings, target: CampaignStatus) -> int:
@@ -412,11 +384,32 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         problems.append("--fail-rate: must be >= 0 and < 1")
     if args.chunk_size < 1:
         problems.append("--chunk-size: must be >= 1")
+    window = args.calling_window or ("08:00-21:00" if args.timezone_policy else None)
+    policy = args.timezone_policy or "recipient"
+    problems += _demo_window_problems(window, policy, args.campaign_timezone)
     if problems:
         raise UserError("\n".join(problems))
     options = DemoOptions(contacts=args.contacts, rate=args.rate, fail_rate=args.fail_rate,
-                          chunk_size=args.chunk_size, keep=args.keep, callbacks=args.callbacks)
+                          chunk_size=args.chunk_size, keep=args.keep, callbacks=args.callbacks,
+                          calling_window=window, timezone_policy=policy, campaign_timezone=args.campaign_timezone)
     return await run_demo(options, _console())
+
+
+def _demo_window_problems(window: str | None, policy: str, zone: str | None) -> list[str]:
+    problems = []
+    if window:
+        try:
+            windows.parse_window(window)
+        except ValueError as exc:
+            problems.append(f"--calling-window: {exc}")
+    if zone:
+        try:
+            windows.check_zone(zone)
+        except ValueError as exc:
+            problems.append(f"--campaign-timezone: {exc}")
+    elif policy == "campaign":
+        problems.append("--campaign-timezone: required with --timezone-policy campaign")
+    return problems
 
 
 def _normalised_numbers(raw_numbers: list[str], settings: Settings) -> list[str]:
@@ -479,7 +472,7 @@ async def cmd_suppress_list(args: argparse.Namespace, settings: Settings) -> int
         rows = await repo.list_suppressions()
     table = Table("number", "reason", "added (UTC)", "source")
     for row in rows:
-        table.add_row(row.number, row.reason or "", _fmt_time(row.added_at), row.source or "")
+        table.add_row(row.number, row.reason or "", fmt_time(row.added_at), row.source or "")
     _console().print(table if rows else "the suppression list is empty")
     return 0
 

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from . import windows
 from .errors import ConfigError
 
 CONFIG_ENV = "INSIGHT_SCHEDULER_CONFIG"
@@ -81,6 +82,9 @@ class SchedulerSettings(_Section):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     # Names this daemon in lease columns; replicas need distinct ids (default: the host name).
     worker_id: str | None = Field(None, min_length=1, max_length=100)
+    # With calling windows: a chunk is sent this long before its window opens (Plum holds
+    # the calls until start_timestamp), not earlier, so pause and cancel still act on it.
+    lead_seconds: float = Field(300.0, ge=0, le=86400)
 
 
 class ContactsSettings(_Section):
@@ -88,6 +92,35 @@ class ContactsSettings(_Section):
     default_region: str = Field("US", min_length=2, max_length=2)
     # A number queued by another campaign less than this many hours ago is not sent (0: off).
     min_hours_between_calls: float = Field(0.0, ge=0)
+    # Local hours in which contacts may be called, e.g. "08:00-21:00" (empty: no window;
+    # a campaign's calling_window_start/_end columns override it).
+    calling_window: str | None = None
+    # Whose local time: the recipient's (from the number) or campaign_timezone for everyone.
+    timezone_policy: Literal["recipient", "campaign"] = "recipient"
+    campaign_timezone: str | None = None
+    # Plum advises against batches starting on the hour: a window opening at :00 opens this much later.
+    top_of_hour_offset_minutes: float = Field(5.0, ge=0, le=30)
+
+    @field_validator("calling_window")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value and value.strip():
+            windows.parse_window(value)
+            return value.strip()
+        return None
+
+    @field_validator("campaign_timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value:
+            windows.check_zone(value)
+        return value or None
+
+    @model_validator(mode="after")
+    def _policy(self) -> "ContactsSettings":
+        if self.timezone_policy == "campaign" and not self.campaign_timezone:
+            raise ValueError("campaign_timezone is required when timezone_policy is campaign")
+        return self
 
 
 class CallbackSettings(_Section):

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from . import db
 from .config import Settings
+from .reports import print_zones, zone_as_dict
 from .repository import CampaignReport, NewCampaign, Repository
 from .service import Daemon
 from .simulator import InsightSimulator, SimulatorSettings
@@ -63,6 +64,9 @@ class DemoOptions:
     concurrency: int = 4
     keep: bool = False
     callbacks: bool = False
+    calling_window: str | None = None  # with it, contacts are called only in their local hours
+    timezone_policy: str = "recipient"
+    campaign_timezone: str | None = None
 
 
 def demo_settings(db_url: str, base_url: str, options: DemoOptions, callback_port: int | None = None) -> Settings:
@@ -70,8 +74,11 @@ def demo_settings(db_url: str, base_url: str, options: DemoOptions, callback_por
     if callback_port is not None:
         callbacks = {"listen": f"127.0.0.1:{callback_port}", "public_url": f"http://127.0.0.1:{callback_port}",
                      "secret": "demo-callback-secret"}
+    contacts = {"calling_window": options.calling_window, "timezone_policy": options.timezone_policy,
+                "campaign_timezone": options.campaign_timezone}
     return Settings.model_validate({
         "callbacks": callbacks,
+        "contacts": contacts,
         "database": {"url": db_url},
         "insight": {"base_url": base_url, "developer_key": DEMO_KEY, "timeout_seconds": 10},
         "submission": {
@@ -102,7 +109,9 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
         now = datetime.now(timezone.utc)
         campaign = await repo.create_campaign(NewCampaign(
             name="demo survey", survey_id="1001", instance_id="1", contacts_path=str(contacts),
-            start_at=now, end_at=now + timedelta(hours=2), max_attempts=2, reattempt_wait=600,
+            # with calling windows, long enough for every zone's next window
+            start_at=now, end_at=now + timedelta(hours=50 if options.calling_window else 2), max_attempts=2,
+            reattempt_wait=600,
         ))
         started = time.monotonic()
         port = _free_port() if options.callbacks else None
@@ -110,10 +119,16 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
         report = await _run_daemon_with_progress(repo, campaign.id, settings, console, sim if port else None)
         elapsed = time.monotonic() - started
         print_demo_report(report, sim.stats(), elapsed, options, console)
+        if report.zones:
+            print_zones([zone_as_dict(zone) for zone in report.zones], console)
+            waiting = sum(zone.by_status.get("pending", 0) for zone in report.zones)
+            console.print(f"{waiting} chunk(s) wait for their zone's window ({options.calling_window} local, "
+                          f"{options.timezone_policy} time); the demo stops here, a daemon would send them then.")
         if options.keep:
             console.print(f"kept: {workdir}\n  INSIGHT_SCHEDULER__DATABASE__URL={db_url} "
                           f"insight-scheduler campaign show {campaign.id}")
-        return 0 if report.campaign.status in ("completed", "completed_with_errors") else 1
+        waiting = report.campaign.status == "running" and bool(report.zones)
+        return 0 if report.campaign.status in ("completed", "completed_with_errors") or waiting else 1
     finally:
         await engine.dispose()
         await sim.stop()
@@ -137,11 +152,13 @@ async def _run_daemon_with_progress(repo: Repository, campaign_id: int, settings
             chunks = progress.add_task("chunks sent   ", total=None)
             contacts = progress.add_task("contacts queued", total=None)
             while True:
+                waiting = bool(settings.contacts.calling_window) and await _only_future_windows(
+                    repo, campaign_id, settings)
                 row = await repo.get_campaign(campaign_id)
                 done_chunks = row.chunks_total - row.chunks_pending
                 progress.update(chunks, completed=done_chunks, total=row.chunks_total or None)
                 progress.update(contacts, completed=row.contacts_queued, total=row.contacts_valid or None)
-                if row.status in FINAL or task.done():
+                if row.status in FINAL or task.done() or waiting:
                     break
                 await asyncio.sleep(0.2)
             if sim is not None:
@@ -150,6 +167,19 @@ async def _run_daemon_with_progress(repo: Repository, campaign_id: int, settings
         daemon.request_stop()
         await asyncio.wait_for(task, 30)
     return await repo.campaign_report(campaign_id)
+
+
+async def _only_future_windows(repo: Repository, campaign_id: int, settings: Settings) -> bool:
+    """Everything sendable now is sent: what is left waits for a window that opens later."""
+    report = await repo.campaign_report(campaign_id)
+    if report.campaign.ingested_at is None:
+        return False
+    opens_by = datetime.now(timezone.utc) + timedelta(seconds=settings.scheduler.lead_seconds)
+    for zone in report.zones:
+        still_open = zone.by_status.get("pending", 0) + zone.by_status.get("submitting", 0)
+        if still_open and (zone.window is None or zone.window[0] <= opens_by):
+            return False
+    return True
 
 
 async def _await_call_results(repo: Repository, campaign_id: int, expected: int, progress: Progress) -> None:

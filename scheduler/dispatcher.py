@@ -18,6 +18,7 @@ from typing import Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import windows
 from .chunking import chunk_csv
 from .callbacks import signed_url
 from .config import Settings
@@ -28,6 +29,7 @@ from .insight import BulkQueueRequest, InsightClient, SubmitResult
 from .metrics import Metrics
 from .models import Outcome
 from .ratelimit import RateLimiter
+from .ledger import ClaimTimes
 from .repository import ClaimedChunk, Repository, utcnow
 from .retry import NextStep, Step, next_step
 
@@ -147,8 +149,10 @@ class Dispatcher:
         # A claim that committed must not be lost to a cancellation: give it back.
         now = self.clock()
         lease = timedelta(seconds=self.settings.insight.timeout_seconds + LEASE_SLACK_SECONDS)
+        times = ClaimTimes(now=now, lease_until=now + lease, open_until=now + windows.MIN_WINDOW,
+                           opens_by=now + timedelta(seconds=self.settings.scheduler.lead_seconds))
         task = asyncio.ensure_future(self.repo.claim_next_chunk(
-            self.worker, now, now + lease, self._last_campaign_id, recent_since(self.settings, now)))
+            self.worker, times, self._last_campaign_id, recent_since(self.settings, now)))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -185,9 +189,11 @@ class Dispatcher:
 
     async def _send(self, claim: ClaimedChunk, slot: float) -> None:
         started = asyncio.get_running_loop().time()
-        if int(claim.end_at.timestamp()) <= int(self.clock().timestamp()) + 1:
-            # The window closed between the claim and now: nothing to ask Plum for.
-            await self.repo.release_claim(claim, expired_at=self.clock())
+        now = self.clock()
+        if int(claim.call_window(now)[1].timestamp()) <= int(now.timestamp()) + 1:
+            # The window closed between the claim and now: nothing to ask Plum for. A
+            # calling window is moved to the next one by the tick; the campaign's end is final.
+            await self.repo.release_claim(claim, expired_at=None if claim.window_end_at else now)
             return
         try:
             result = await self._post(claim, slot)
@@ -209,6 +215,7 @@ class Dispatcher:
 
     async def _build_request(self, claim: ClaimedChunk) -> BulkQueueRequest:
         rows = await self.repo.chunk_contacts(claim.chunk_id)
+        start, end = claim.call_window(self.clock())
         names = json.loads(claim.contacts_header or '{"extra": []}')["extra"]
         csv_bytes = chunk_csv(
             self.settings.insight.phone_column,
@@ -220,8 +227,8 @@ class Dispatcher:
             survey_id=claim.survey_id,
             instance_id=claim.instance_id,
             csv_bytes=csv_bytes,
-            start_timestamp=int(max(claim.start_at, self.clock()).timestamp()),
-            end_timestamp=int(claim.end_at.timestamp()),
+            start_timestamp=int(start.timestamp()),
+            end_timestamp=int(end.timestamp()),
             max_attempts=claim.max_attempts,
             reattempt_wait=claim.reattempt_wait,
             result_url=claim.result_url or self._signed_result_url(claim),

@@ -14,12 +14,14 @@ import multiprocessing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from .config import Settings
 from .contacts import ContactsFileError, ContactsHeader, ParsedContact, iter_contacts, pack_extra
-from .repository import ContactTuple
+from .repository import ContactTuple, NewChunk
+from . import windows
 from .models import Campaign
+from .phones import ZoneLookup
 from .repository import Repository
 from .rules import WaitBounds, campaign_problems
 
@@ -30,31 +32,109 @@ PROCESS_THRESHOLD_BYTES = 4 * 1024 * 1024  # ~60k contacts
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class WindowPlan:
+    """What ingestion needs to give each contact its time zones and each chunk its window."""
+
+    rule: windows.CallingRule
+    campaign_zone: str | None  # timezone_policy campaign: everyone's zone
+    not_before: datetime
+    start_at: datetime
+    end_at: datetime
+
+
+def window_plan(campaign: Campaign, settings: Settings, now: datetime) -> WindowPlan | None:
+    """None when no calling window applies to this campaign (the default)."""
+    contacts = settings.contacts
+    rule = windows.campaign_rule(campaign.calling_window_start, campaign.calling_window_end,
+                                 campaign.excluded_weekdays, contacts.calling_window,
+                                 contacts.top_of_hour_offset_minutes)
+    if rule is None:
+        return None
+    zone = contacts.campaign_timezone if contacts.timezone_policy == "campaign" else None
+    return WindowPlan(rule, zone, now, campaign.start_at, campaign.end_at)
+
+
 @dataclass
 class ChunkAssigner:
-    """Valid contacts, in file order, fill chunks of ``chunk_size``."""
+    """Valid contacts, in file order, fill chunks of ``chunk_size``.
+
+    With calling windows, each set of time zones fills its own chunks, and a
+    contact whose zones share no window before end_at is ``out_of_window``.
+    """
 
     chunk_size: int
+    plan: WindowPlan | None = None
     valid: int = 0
-    counts: dict[str, int] = field(default_factory=lambda: {"total": 0, "pending": 0, "invalid": 0, "duplicate": 0})
+    chunks_opened: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("total", "pending", "invalid", "duplicate", "out_of_window"), 0))
+    _open: dict[tuple[str, ...], list[int]] = field(default_factory=dict)  # zones -> [seq, filled]
+    _windows: dict[tuple[str, ...], "windows.Interval | None"] = field(default_factory=dict)
+    _zones: ZoneLookup = field(default_factory=ZoneLookup)
 
-    def assign(self, batch: list[ParsedContact]) -> tuple[list[int], list[ContactTuple]]:
-        """Sequence numbers of the chunks this batch opens, and the contact rows to insert."""
-        new_chunks: list[int] = []
+    def assign(self, batch: list[ParsedContact]) -> tuple[list[NewChunk], list[ContactTuple]]:
+        """The chunks this batch opens, and the contact rows to insert."""
+        new_chunks: list[NewChunk] = []
         rows: list[ContactTuple] = []
         counts = self.counts
+        place = self._in_file_order if self.plan is None else self._by_zone
         for contact in batch:
-            seq = None
-            if contact.status == "pending":
-                seq, position = divmod(self.valid, self.chunk_size)
-                if position == 0:
-                    new_chunks.append(seq)
-                self.valid += 1
-            counts[contact.status] += 1
+            seq, status, reason = None, contact.status, contact.reason
+            if status == "pending":
+                seq, status, reason = place(contact.phone, new_chunks)  # type: ignore[arg-type]
+            counts[status] += 1
             rows.append((contact.row_number, contact.raw_phone, contact.phone,
-                         pack_extra(contact.extra), contact.status, contact.reason, seq))
+                         pack_extra(contact.extra), status, reason, seq))
         counts["total"] += len(batch)
         return new_chunks, rows
+
+    def _in_file_order(self, phone: str, new_chunks: list[NewChunk]) -> tuple[int, str, None]:
+        seq, position = divmod(self.valid, self.chunk_size)
+        if position == 0:
+            new_chunks.append((seq, None, None, None))
+        self.valid += 1
+        return seq, "pending", None
+
+    def _by_zone(self, phone: str, new_chunks: list[NewChunk]) -> tuple[int | None, str, str | None]:
+        plan = self.plan
+        assert plan is not None
+        zones = (plan.campaign_zone,) if plan.campaign_zone else self._zones(phone)
+        if zones not in self._windows:
+            self._windows[zones] = windows.next_window(zones, plan.rule, plan.not_before, plan.start_at,
+                                                       plan.end_at)
+        window = self._windows[zones]
+        if window is None:
+            return None, "out_of_window", out_of_window_reason(zones, plan.rule)
+        group = self._open.get(zones)
+        if group is None or group[1] == self.chunk_size:
+            group = self._open[zones] = [self.chunks_opened, 0]
+            new_chunks.append((self.chunks_opened, " ".join(zones), *window))
+            self.chunks_opened += 1
+        group[1] += 1
+        return group[0], "pending", None
+
+
+def replan_window(chunk: Any, settings: Settings, now: datetime) -> windows.Interval | None:
+    """The next window for a chunk whose window closed unsent (``Repository.closed_windows`` row).
+
+    Uses the campaign's columns and the current config. Raises ValueError when an
+    admin has since written something invalid in the campaign's window columns.
+    """
+    contacts = settings.contacts
+    rule = windows.campaign_rule(chunk.calling_window_start, chunk.calling_window_end, chunk.excluded_weekdays,
+                                 contacts.calling_window, contacts.top_of_hour_offset_minutes)
+    if rule is None:  # windows were switched off since ingestion: any time before end_at
+        return (now, chunk.end_at) if chunk.end_at - now >= windows.MIN_WINDOW else None
+    zones = tuple(chunk.timezones.split()) if chunk.timezones else ()
+    return windows.next_window(zones, rule, now, chunk.start_at, chunk.end_at)
+
+
+def out_of_window_reason(zones: tuple[str, ...], rule: windows.CallingRule) -> str:
+    if not zones:
+        return "no time zone is known for this number, so its calling hours cannot be checked"
+    where = zones[0] if len(zones) == 1 else f"all of its {len(zones)} possible time zones"
+    return f"no calling window ({rule.describe()}) open in {where} before end_at"
 
 
 def recent_since(settings: Settings, now: datetime) -> datetime | None:
@@ -68,11 +148,12 @@ def row_problems(campaign: Campaign, settings: Settings) -> list[str]:
     return campaign_problems(
         survey_id=campaign.survey_id, instance_id=campaign.instance_id, start_at=campaign.start_at,
         end_at=campaign.end_at, max_attempts=campaign.max_attempts, reattempt_wait=campaign.reattempt_wait,
-        chunk_size=campaign.chunk_size, bounds=bounds,
+        chunk_size=campaign.chunk_size, bounds=bounds, calling_window_start=campaign.calling_window_start,
+        calling_window_end=campaign.calling_window_end, excluded_weekdays=campaign.excluded_weekdays,
     )
 
 
-def _next_batch(rows: Iterator[ParsedContact], assigner: ChunkAssigner) -> tuple[list[int], list[ContactTuple]]:
+def _next_batch(rows: Iterator[ParsedContact], assigner: ChunkAssigner) -> tuple[list[NewChunk], list[ContactTuple]]:
     """Read, parse and assign one batch."""
     return assigner.assign(list(itertools.islice(rows, BATCH_ROWS)))
 
@@ -86,13 +167,14 @@ def _next_batch(rows: Iterator[ParsedContact], assigner: ChunkAssigner) -> tuple
 _process_state: dict[str, object] = {}  # a worker process serves one ingestion only
 
 
-def _child_open(state: dict | None, path: str, candidates: list[str], region: str, chunk_size: int) -> ContactsHeader:
+def _child_open(state: dict | None, path: str, candidates: list[str], region: str, chunk_size: int,
+                plan: WindowPlan | None) -> ContactsHeader:
     header, rows = iter_contacts(Path(path), candidates, region)
-    (_process_state if state is None else state).update(rows=rows, assigner=ChunkAssigner(chunk_size))
+    (_process_state if state is None else state).update(rows=rows, assigner=ChunkAssigner(chunk_size, plan))
     return header
 
 
-def _child_next(state: dict | None) -> tuple[list[int], list[ContactTuple]]:
+def _child_next(state: dict | None) -> tuple[list[NewChunk], list[ContactTuple]]:
     state = _process_state if state is None else state
     return _next_batch(state["rows"], state["assigner"])  # type: ignore[arg-type]
 
@@ -161,8 +243,9 @@ async def _stream_into_database(
     lease = timedelta(seconds=settings.scheduler.lease_seconds)
     reader = _Reader(Path(campaign.contacts_path))
     try:
+        plan = window_plan(campaign, settings, clock())
         header = await reader.call(_child_open, campaign.contacts_path, list(contacts.phone_columns),
-                                   contacts.default_region, chunk_size)
+                                   contacts.default_region, chunk_size, plan)
         upcoming = asyncio.ensure_future(reader.call(_child_next))
         while True:
             chunks, contact_rows = await upcoming
@@ -180,5 +263,5 @@ async def _stream_into_database(
         names = ", ".join((header.phone_name, *header.extra_names))
         raise ContactsFileError(f"contacts file {campaign.contacts_path} has a header row ({names}) but no contacts")
     header_json = json.dumps({"phone": header.phone_name, "extra": list(header.extra_names)}, ensure_ascii=False)
-    counts["valid"] = counts.pop("pending")
+    counts["valid"] = counts.pop("pending") + counts["out_of_window"]
     return header_json, counts

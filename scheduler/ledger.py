@@ -56,25 +56,47 @@ class ClaimedChunk:
     reattempt_wait: int | None
     result_url: str | None
     contacts_header: str | None
+    window_start_at: datetime | None = None  # with calling windows: what is sent instead of start_at/end_at
+    window_end_at: datetime | None = None
+
+    def call_window(self, now: datetime) -> tuple[datetime, datetime]:
+        """start_timestamp / end_timestamp: the chunk's calling window, else the campaign's times."""
+        start, end = self.start_at, self.end_at
+        if self.window_start_at is not None and self.window_end_at is not None:
+            start, end = self.window_start_at, self.window_end_at
+        return max(start, now), end
 
 
 def is_postgres(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
+@dataclass(frozen=True)
+class ClaimTimes:
+    """The moments a claim compares with (the caller's clock and settings)."""
+
+    now: datetime
+    lease_until: datetime
+    opens_by: datetime  # a calling window opening before this (now + lead_seconds) may be sent now
+    open_until: datetime  # ... and only while it stays open until at least this (now + MIN_WINDOW)
+
+
 def claim_next(
-    conn: Connection, worker: str, now: datetime, lease_until: datetime, after_campaign_id: int,
-    recent_since: datetime | None = None,
+    conn: Connection, worker: str, times: ClaimTimes, after_campaign_id: int, recent_since: datetime | None = None,
 ) -> ClaimedChunk | None:
     """Take the next ready chunk, round-robin over campaigns (the caller's transaction is the lock)."""
+    now = times.now
     query = (
         select(Chunk.id, Chunk.campaign_id, Chunk.seq, Chunk.attempts, Chunk.contact_count,
+               Chunk.window_start_at, Chunk.window_end_at,
                Campaign.survey_id, Campaign.instance_id, Campaign.start_at, Campaign.end_at,
                Campaign.max_attempts, Campaign.reattempt_wait, Campaign.result_url, Campaign.contacts_header)
         .join(Campaign, Campaign.id == Chunk.campaign_id)
         .where(
             Chunk.status == ChunkStatus.PENDING.value,
             (Chunk.next_attempt_at.is_(None)) | (Chunk.next_attempt_at <= now),
+            (Chunk.window_start_at.is_(None)) | (Chunk.window_start_at <= times.opens_by),
+            (Chunk.window_end_at.is_(None)) | (Chunk.window_end_at >= times.open_until),
             Campaign.status == CampaignStatus.RUNNING.value,
             Campaign.ingested_at.is_not(None),
             Campaign.end_at > now,
@@ -100,7 +122,7 @@ def claim_next(
     conn.execute(
         update(Chunk).where(Chunk.id == row.id).values(
             status=ChunkStatus.SUBMITTING.value, attempts=attempt, lease_owner=worker,
-            lease_expires_at=lease_until, updated_at=now)
+            lease_expires_at=times.lease_until, updated_at=now)
     )
     submission_id = conn.scalar(
         insert(Submission).returning(Submission.id).values(
@@ -112,6 +134,7 @@ def claim_next(
         contact_count=remaining, submission_id=submission_id, survey_id=row.survey_id,
         instance_id=row.instance_id, start_at=row.start_at, end_at=row.end_at, max_attempts=row.max_attempts,
         reattempt_wait=row.reattempt_wait, result_url=row.result_url, contacts_header=row.contacts_header,
+        window_start_at=row.window_start_at, window_end_at=row.window_end_at,
     )
 
 
@@ -251,11 +274,14 @@ def split(conn: Connection, chunk_id: int, campaign_id: int, now: datetime) -> N
         # Two splits of one campaign at once would pick the same new seq: take turns.
         conn.execute(select(Campaign.id).where(Campaign.id == campaign_id).with_for_update())
     next_seq = conn.scalar(select(func.max(Chunk.seq)).where(Chunk.campaign_id == campaign_id))
+    parent = conn.execute(select(Chunk.timezones, Chunk.window_start_at, Chunk.window_end_at)
+                          .where(Chunk.id == chunk_id)).one()
     for offset, part in enumerate(halves(rows), start=1):
         child_id = conn.scalar(
             insert(Chunk).returning(Chunk.id).values(
                 campaign_id=campaign_id, seq=next_seq + offset, parent_id=chunk_id, status=ChunkStatus.PENDING.value,
-                contact_count=len(part), attempts=0, created_at=now, updated_at=now)
+                contact_count=len(part), attempts=0, created_at=now, updated_at=now, timezones=parent.timezones,
+                window_start_at=parent.window_start_at, window_end_at=parent.window_end_at)
         )
         conn.execute(
             update(Contact)
@@ -319,7 +345,7 @@ def finished_status(status: str, ingested_at: datetime | None, valid: int, count
     if any(counts.get(s, 0) for s in OPEN_CHUNK):
         return None
     clean = {ChunkStatus.SUCCEEDED.value, ChunkStatus.SPLIT.value}
-    if valid and all(s in clean for s in counts):
+    if valid and counts and all(s in clean for s in counts):
         return CampaignStatus.COMPLETED.value
     return CampaignStatus.COMPLETED_WITH_ERRORS.value
 
@@ -327,5 +353,7 @@ def finished_status(status: str, ingested_at: datetime | None, valid: int, count
 def summarize_errors(counts: dict[str, int], valid: int) -> str:
     if not valid:
         return "no valid contacts in the file"
+    if not counts:
+        return "no contact could be called: none has a calling window before end_at (out_of_window)"
     parts = [f"{counts[s]} {s}" for s in ("failed", "rejected", "unknown", "expired", "cancelled") if counts.get(s)]
     return "chunks not queued: " + ", ".join(parts)

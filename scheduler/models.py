@@ -125,6 +125,7 @@ class ContactStatus(str, enum.Enum):
     CANCELLED = "cancelled"
     SUPPRESSED = "suppressed"
     RECENTLY_CONTACTED = "recently_contacted"
+    OUT_OF_WINDOW = "out_of_window"
 
 
 class Outcome(str, enum.Enum):
@@ -164,6 +165,11 @@ class Campaign(Base):
     status: Mapped[str] = mapped_column(String(32), default="scheduled", server_default=text("'scheduled'"))
     last_error: Mapped[str | None] = mapped_column(Text)
     chunk_size: Mapped[int | None] = mapped_column(Integer)
+    # Local calling hours ("08:00", "21:00") overriding config contacts.calling_window,
+    # and weekdays nobody is called ("sat,sun"); see scheduler/windows.py.
+    calling_window_start: Mapped[str | None] = mapped_column(String(5))
+    calling_window_end: Mapped[str | None] = mapped_column(String(5))
+    excluded_weekdays: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -206,6 +212,11 @@ class Chunk(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # With calling windows on: the time zones its contacts may be in (space-separated),
+    # and the window it is sent for (its start_timestamp / end_timestamp). NULL: no windows.
+    timezones: Mapped[str | None] = mapped_column(Text)
+    window_start_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    window_end_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     __table_args__ = (
         UniqueConstraint("campaign_id", "seq"),

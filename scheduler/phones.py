@@ -18,6 +18,7 @@ import re
 from functools import lru_cache
 
 import phonenumbers
+import phonenumbers.timezone
 from phonenumbers import NumberParseException, PhoneNumberFormat
 
 PREFIX_DIGITS = 7
@@ -93,3 +94,34 @@ class Normaliser:
         if valid:
             return "+1" + national, None
         return None, f"not a valid phone number: {raw!r}"
+
+
+class ZoneLookup:
+    """The IANA time zones a valid E.164 number may be in (``phonenumbers.timezone``).
+
+    () when phonenumbers knows none. Several zones for one number (an area code
+    across a zone line, a toll-free number) are all returned: the caller calls
+    only when every one of them is inside its window. North American answers
+    are cached per 7-digit national prefix, as validity is (see above); the zone
+    data itself goes no deeper than area code and exchange.
+    """
+
+    def __init__(self) -> None:
+        self._nanp: dict[str, tuple[str, ...]] = {}
+
+    def __call__(self, e164: str) -> tuple[str, ...]:
+        if not e164.startswith("+1"):
+            return self.lookup(e164)
+        key = e164[: 2 + PREFIX_DIGITS]
+        zones = self._nanp.get(key)
+        if zones is None:
+            zones = self._nanp[key] = self.lookup(e164)
+        return zones
+
+    @staticmethod
+    def lookup(e164: str) -> tuple[str, ...]:
+        zones = phonenumbers.timezone.time_zones_for_number(phonenumbers.parse(e164))
+        return () if tuple(zones) == UNKNOWN_ZONES else tuple(sorted(zones))
+
+
+UNKNOWN_ZONES = ("Etc/Unknown",)

@@ -57,6 +57,9 @@ class NewCampaign:
     reattempt_wait: int | None = None
     result_url: str | None = None
     chunk_size: int | None = None
+    calling_window_start: str | None = None
+    calling_window_end: str | None = None
+    excluded_weekdays: str | None = None
     status: str = CampaignStatus.SCHEDULED.value
 
 
@@ -71,7 +74,32 @@ class CampaignReport:
     call_results_by_status: dict[str, int] = field(default_factory=dict)
     first_request_at: datetime | None = None
     last_request_at: datetime | None = None
+    zones: list["ZoneSummary"] = field(default_factory=list)
 
+
+@dataclass
+class ZoneSummary:
+    """With calling windows: a campaign's chunks for one set of time zones."""
+
+    zones: tuple[str, ...]
+    chunks: int = 0
+    contacts: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+    # the earliest window still to come (a chunk pending), else the span of the windows used
+    window: tuple[datetime, datetime] | None = None
+    _next: tuple[datetime, datetime] | None = None
+
+    def add(self, status: str, chunks: int, contacts: int, start: datetime, end: datetime) -> None:
+        self.chunks += chunks
+        self.contacts += contacts
+        self.by_status[status] = self.by_status.get(status, 0) + chunks
+        if status in (ChunkStatus.PENDING.value, ChunkStatus.SUBMITTING.value):
+            self._next = min(self._next or (start, end), (start, end))
+        span = (start, end) if self.window is None else (min(self.window[0], start), max(self.window[1], end))
+        self.window = self._next or span
+
+
+NO_WINDOW_LEFT = "unsent when its calling window closed, and no window is left before end_at"
 
 # Which statuses an admin command may move a campaign from.
 PAUSABLE = {CampaignStatus.SCHEDULED.value, CampaignStatus.RUNNING.value}
@@ -208,6 +236,7 @@ class AdminQueries:
             report.first_request_at, report.last_request_at = (await session.execute(
                 select(func.min(Submission.started_at), func.max(Submission.started_at))
                 .where(Submission.campaign_id == campaign_id))).one()
+            report.zones = await _zone_summaries(session, campaign_id)
             report.unknown_chunks = list(
                 (
                     await session.scalars(
@@ -218,6 +247,21 @@ class AdminQueries:
                 ).all()
             )
         return report
+
+
+async def _zone_summaries(session: AsyncSession, campaign_id: int) -> list[ZoneSummary]:
+    found = await session.execute(
+        select(Chunk.timezones, Chunk.status, func.count(), func.coalesce(func.sum(Chunk.contact_count), 0),
+               func.min(Chunk.window_start_at), func.max(Chunk.window_end_at))
+        .where(Chunk.campaign_id == campaign_id, Chunk.timezones.is_not(None),
+               Chunk.status != ChunkStatus.SPLIT.value)
+        .group_by(Chunk.timezones, Chunk.status)
+    )
+    summaries: dict[str, ZoneSummary] = {}
+    for zones, status, chunks, contacts, start, end in found.all():
+        summary = summaries.setdefault(zones, ZoneSummary(tuple(zones.split())))
+        summary.add(status, chunks, int(contacts), start, end)
+    return sorted(summaries.values(), key=lambda z: (z.window or (datetime.max.replace(tzinfo=timezone.utc),), z.zones))
 
 
 async def _count_by(session: AsyncSession, column: Any, *where: Any) -> dict[Any, int]:
@@ -234,6 +278,7 @@ def _is_connect_error(exc: DBAPIError) -> bool:
 
 # (row_number, raw_phone, phone, extra JSON, status, reason, chunk_seq)
 ContactTuple = tuple[int, str, "str | None", str, str, "str | None", "int | None"]
+NewChunk = tuple[int, "str | None", "datetime | None", "datetime | None"]  # seq, time zones, window
 CONTACT_COLUMNS = ("campaign_id", "row_number", "raw_phone", "phone", "extra", "status", "reason", "chunk_id")
 
 
@@ -319,6 +364,44 @@ class DaemonQueries:
             for campaign_id in touched | set(running.all()):
                 await self._refresh(session, campaign_id, now)
 
+    async def closed_windows(self, open_until: datetime) -> list[Any]:
+        """Pending chunks whose calling window closes before ``open_until`` unsent (paused,
+        retried, or a daemon was down): rows with what choosing the next window needs."""
+        async with self._read() as session:
+            return list((await session.execute(
+                select(Chunk.id.label("chunk_id"), Chunk.campaign_id, Chunk.timezones,
+                       Campaign.calling_window_start, Campaign.calling_window_end, Campaign.excluded_weekdays,
+                       Campaign.start_at, Campaign.end_at)
+                .join(Campaign, Campaign.id == Chunk.campaign_id)
+                .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.window_end_at < open_until,
+                       Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.PAUSED.value]))
+            )).all())
+
+    async def move_windows(self, moves: dict[int, tuple[datetime, datetime] | None], open_until: datetime,
+                           now: datetime) -> None:
+        """Give each chunk its next window; a chunk with none left (None) expires and its
+        contacts are ``out_of_window``. Only chunks still pending with a closing window move."""
+        async with self._write() as session:
+            touched: set[int] = set()
+            for chunk_id, window in moves.items():
+                still = (Chunk.id == chunk_id, Chunk.status == ChunkStatus.PENDING.value,
+                         Chunk.window_end_at < open_until)
+                values: dict[str, Any] = dict(updated_at=now)
+                if window is not None:
+                    values.update(window_start_at=window[0], window_end_at=window[1])
+                else:
+                    values.update(status=ChunkStatus.EXPIRED.value, finished_at=now, last_error=NO_WINDOW_LEFT)
+                campaign_id = await session.scalar(update(Chunk).where(*still).values(**values)
+                                                   .returning(Chunk.campaign_id))
+                if campaign_id is not None and window is None:
+                    await session.execute(
+                        update(Contact).where(Contact.chunk_id == chunk_id,
+                                              Contact.status == ContactStatus.PENDING.value)
+                        .values(status=ContactStatus.OUT_OF_WINDOW.value, reason=NO_WINDOW_LEFT))
+                    touched.add(campaign_id)
+            for campaign_id in touched:
+                await self._refresh(session, campaign_id, now)
+
     # -- campaigns: picking up and ingesting ----------------------------------------
 
     async def campaigns_to_start(self, now: datetime, worker: str) -> list[Campaign]:
@@ -382,8 +465,10 @@ class DaemonQueries:
             await session.execute(delete(Submission).where(Submission.campaign_id == campaign_id))
             await session.execute(delete(Chunk).where(Chunk.campaign_id == campaign_id))
 
-    async def add_ingested_batch(self, campaign_id: int, new_chunks: list[int], contacts: list[ContactTuple]) -> None:
-        """New chunks (by seq) and contacts ``(row_number, raw_phone, phone, extra, status, reason, chunk_seq)``.
+    async def add_ingested_batch(self, campaign_id: int, new_chunks: list[NewChunk],
+                                 contacts: list[ContactTuple]) -> None:
+        """New chunks ``(seq, timezones, window_start_at, window_end_at)`` and contacts
+        ``(row_number, raw_phone, phone, extra, status, reason, chunk_seq)``.
 
         The hot path of a million-row ingestion: rows go to the driver as tuples
         (executemany on SQLite, COPY on PostgreSQL), not through the ORM.
@@ -394,7 +479,8 @@ class DaemonQueries:
                 await session.execute(
                     insert(Chunk),
                     [dict(campaign_id=campaign_id, seq=seq, contact_count=0, status=ChunkStatus.PENDING.value,
-                          attempts=0, created_at=now, updated_at=now) for seq in new_chunks],
+                          attempts=0, created_at=now, updated_at=now, timezones=zones, window_start_at=start,
+                          window_end_at=end) for seq, zones, start, end in new_chunks],
                 )
             seqs = {c[6] for c in contacts if c[6] is not None}
             ids: dict[int, int] = {}
@@ -441,15 +527,14 @@ class DaemonQueries:
     # -- chunks: claiming and recording --------------------------------------------
 
     async def claim_next_chunk(
-        self, worker: str, now: datetime, lease_until: datetime, after_campaign_id: int = 0,
-        recent_since: datetime | None = None,
+        self, worker: str, times: ledger.ClaimTimes, after_campaign_id: int = 0, recent_since: datetime | None = None,
     ) -> ClaimedChunk | None:
         """Atomically take the next ready chunk, round-robin over campaigns.
 
         PostgreSQL: FOR UPDATE SKIP LOCKED, so replicas never wait for or take
         each other's chunk. SQLite: the BEGIN IMMEDIATE transaction is the lock.
         """
-        return await self._ledger(ledger.claim_next, worker, now, lease_until, after_campaign_id, recent_since)
+        return await self._ledger(ledger.claim_next, worker, times, after_campaign_id, recent_since)
 
     async def release_claim(self, claim: ClaimedChunk, expired_at: datetime | None = None) -> None:
         """Undo a claim whose request was never sent: back to pending (shutdown between

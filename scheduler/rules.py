@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from . import windows
+
 MAX_ATTEMPTS_RANGE = (1, 10)
 
 
@@ -28,6 +30,9 @@ def campaign_problems(
     reattempt_wait: object,
     chunk_size: object = None,
     bounds: WaitBounds = WaitBounds(),
+    calling_window_start: str | None = None,
+    calling_window_end: str | None = None,
+    excluded_weekdays: str | None = None,
 ) -> list[str]:
     problems: list[str] = []
     if not (survey_id or "").strip():
@@ -43,7 +48,17 @@ def campaign_problems(
     problems.extend(attempt_problems(max_attempts, reattempt_wait, bounds))
     if chunk_size is not None and (not _is_int(chunk_size) or int(chunk_size) < 1):
         problems.append("chunk_size: must be an integer >= 1 (or empty for the configured size)")
+    problems.extend(window_problems(calling_window_start, calling_window_end, excluded_weekdays))
     return problems
+
+
+def window_problems(start: str | None, end: str | None, excluded_weekdays: str | None) -> list[str]:
+    """The calling-window columns, checked without the configured window (that one is valid)."""
+    try:
+        windows.campaign_rule(start, end, excluded_weekdays, None, 0)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 def attempt_problems(max_attempts: object, reattempt_wait: object, bounds: WaitBounds = WaitBounds()) -> list[str]:

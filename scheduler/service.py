@@ -18,12 +18,12 @@ from typing import Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import db
+from . import db, windows
 from .config import Settings, load_settings
 from .dispatcher import Dispatcher
 from .errors import ConfigError, DatabaseError, UserError
 from .metrics import Metrics
-from .ingest import ingest_campaign
+from .ingest import ingest_campaign, replan_window
 from .insight import InsightClient
 from .logs import SecretFilter, configure_logging
 from .models import Campaign
@@ -190,6 +190,7 @@ class Daemon:
         now = self.clock()
         await self.repo.abandon_submitting(None, now)
         await self.repo.housekeeping(now)
+        await self._roll_windows(now)
         lease_until = now + timedelta(seconds=self.settings.scheduler.lease_seconds)
         for campaign in await self.repo.campaigns_to_start(now, self.worker):
             if campaign.id in self._ingesting:
@@ -203,6 +204,22 @@ class Daemon:
         self.dispatcher.wake()
         await self.repo.heartbeat(self.worker, now)
         await self._update_metrics(now)
+
+    async def _roll_windows(self, now: datetime) -> None:
+        """Chunks whose calling window closed unsent move to their next window (or run out)."""
+        assert self.repo is not None
+        open_until = now + windows.MIN_WINDOW
+        moves: dict[int, windows.Interval | None] = {}
+        for chunk in await self.repo.closed_windows(open_until):
+            try:
+                moves[chunk.chunk_id] = replan_window(chunk, self.settings, now)
+            except ValueError as exc:
+                log.error("campaign %s: chunk %s waits: its calling window columns are invalid: %s",
+                          chunk.campaign_id, chunk.chunk_id, exc)
+        if moves:
+            await self.repo.move_windows(moves, open_until, now)
+            log.info("calling windows: %d chunk(s) moved to their next window, %d with none left",
+                     sum(w is not None for w in moves.values()), sum(w is None for w in moves.values()))
 
     async def _update_metrics(self, now: datetime) -> None:
         assert self.repo is not None and self.dispatcher is not None

@@ -1,8 +1,10 @@
 """The do-not-call list: checked at ingestion and again right before each chunk is sent."""
 
 import asyncio
+import csv
 from datetime import datetime, timezone
 
+from scheduler.export import write_export
 from tests.support.harness import campaign, e164, rows, running_daemon, settings_for, simulator, valid_numbers, \
     wait_for, write_contacts
 
@@ -28,6 +30,15 @@ async def test_suppressed_before_ingestion_is_never_sent(repo, db_url, tmp_path)
     assert len(sim.requests) == 4
     assert await rows(repo, "SELECT status, contact_count FROM chunks WHERE seq = 4") == [("cancelled", 0)]
     assert done.contacts_queued == 19
+    exported = await exported_rows(repo, row.id, tmp_path)
+    assert {(r["normalised_number"], r["reason"]) for r in exported if r["contact_status"] == "suppressed"} == {
+        (number, "on the suppression list") for number in banned}
+
+
+async def exported_rows(repo, campaign_id, tmp_path):
+    out = tmp_path / f"export-{campaign_id}.csv"
+    await write_export(repo, campaign_id, out)
+    return list(csv.DictReader(out.open(encoding="utf-8")))
 
 
 async def test_a_number_suppressed_mid_campaign_is_taken_out_of_unsent_chunks(repo, db_url, tmp_path):
@@ -69,6 +80,9 @@ async def test_frequency_cap_across_two_campaigns(repo, db_url, tmp_path):
     assert {p for p, _ in capped} == {e164(n) for n in numbers[10:20]}
     assert all("min_hours_between_calls" in reason for _, reason in capped)
     assert done.contacts_queued == 10
+    exported = await exported_rows(repo, b.id, tmp_path)
+    assert {r["normalised_number"] for r in exported if r["contact_status"] == "recently_contacted"} == {
+        e164(n) for n in numbers[10:20]}
 
 
 async def test_without_the_cap_the_same_number_may_be_called_by_two_campaigns(repo, db_url, tmp_path):

@@ -76,8 +76,8 @@ async def simulator(**settings):
 
 
 @asynccontextmanager
-async def running_daemon(settings: Settings):
-    daemon = Daemon(settings, handle_signals=False)
+async def running_daemon(settings: Settings, **options):
+    daemon = Daemon(settings, handle_signals=False, **options)
     task = asyncio.get_running_loop().create_task(daemon.run())
     try:
         yield daemon

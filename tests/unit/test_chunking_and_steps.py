@@ -33,12 +33,12 @@ def contact(n, status="pending"):
 def test_assigner_fills_chunks_in_file_order_skipping_invalid_rows():
     assigner = ChunkAssigner(chunk_size=2)
     chunks, rows = assigner.assign([contact(1), contact(2, "invalid"), contact(3), contact(4), contact(5, "duplicate")])
-    assert chunks == [0, 1]
+    assert chunks == [(0, None, None, None), (1, None, None, None)]
     assert [r[6] for r in rows] == [0, None, 0, 1, None]
     chunks, rows = assigner.assign([contact(6), contact(7)])
-    assert chunks == [2]  # chunk 1 continues from the previous batch
+    assert chunks == [(2, None, None, None)]  # chunk 1 continues from the previous batch
     assert [r[6] for r in rows] == [1, 2]
-    assert assigner.counts == {"total": 7, "pending": 5, "invalid": 1, "duplicate": 1}
+    assert assigner.counts == {"total": 7, "pending": 5, "invalid": 1, "duplicate": 1, "out_of_window": 0}
 
 
 NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)

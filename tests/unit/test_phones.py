@@ -9,7 +9,7 @@ import random
 import phonenumbers
 import pytest
 
-from scheduler.phones import Normaliser, full_normalise
+from scheduler.phones import Normaliser, ZoneLookup, full_normalise
 
 CORPUS_SIZE = int(os.environ.get("INSIGHT_PHONE_CORPUS", "60000"))
 
@@ -68,3 +68,20 @@ def test_non_nanp_regions_use_the_full_pipeline():
     gb = Normaliser("GB")
     assert not gb.fast
     assert gb("020 7946 0958") == ("+442079460958", None)
+
+
+def test_cached_time_zones_equal_phonenumbers_answer():
+    """ZoneLookup caches per 7-digit prefix; every number gets phonenumbers' own answer."""
+    lookup = ZoneLookup()
+    fast = Normaliser("US")
+    checked = 0
+    for raw in corpus(CORPUS_SIZE // 4, seed=99):
+        e164, _ = fast(raw)
+        if e164 is None:
+            continue
+        assert lookup(e164) == ZoneLookup.lookup(e164), e164
+        checked += 1
+    assert checked > CORPUS_SIZE // 10
+    assert lookup("+442079460000") == ("Europe/London",)
+    assert lookup("+18005550100") == tuple(sorted(lookup("+18885550100")))  # toll-free: every NANP zone
+    assert len(lookup("+18005550100")) > 20

@@ -1,0 +1,98 @@
+"""What ``campaign show`` prints (and ``--json`` returns): one campaign's report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from . import windows
+from .repository import CampaignReport, ZoneSummary
+
+
+def fmt_time(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+CAMPAIGN_FIELDS = (
+    "id name status last_error survey_id instance_id contacts_path start_at end_at max_attempts "
+    "reattempt_wait result_url chunk_size calling_window_start calling_window_end excluded_weekdays created_at updated_at started_at finished_at "
+    "contacts_total contacts_valid contacts_invalid contacts_duplicate contacts_queued"
+).split()
+
+
+def _timing(report: CampaignReport, count: int) -> dict[str, Any]:
+    first, last = report.first_request_at, report.last_request_at
+    span = (last - first).total_seconds() if first and last else 0.0
+    return {
+        "started_at": report.campaign.started_at, "finished_at": report.campaign.finished_at,
+        "first_request_at": first, "last_request_at": last,
+        "achieved_requests_per_second": round((count - 1) / span, 3) if count > 1 and span > 0 else None,
+    }
+
+
+def report_as_dict(report: CampaignReport) -> dict[str, Any]:
+    row = report.campaign
+    requests = sum(report.submissions_by_outcome.values())
+    return {
+        "campaign": {name: getattr(row, name) for name in CAMPAIGN_FIELDS},
+        "chunks_by_status": report.chunks_by_status,
+        "contacts_by_status": report.contacts_by_status,
+        "submissions_by_status_code": report.submissions_by_code,
+        "submissions_by_outcome": report.submissions_by_outcome,
+        "call_results_by_status": report.call_results_by_status,
+        "timing": _timing(report, requests),
+        "chunks_by_zone": [zone_as_dict(zone) for zone in report.zones],
+        "unknown_chunks": [
+            {"id": c.id, "seq": c.seq, "contacts": c.contact_count, "last_error": c.last_error}
+            for c in report.unknown_chunks
+        ],
+    }
+
+
+def zone_as_dict(zone: ZoneSummary) -> dict[str, Any]:
+    window = zone.window
+    return {
+        "zones": list(zone.zones), "chunks": zone.chunks, "contacts": zone.contacts, "chunks_by_status": zone.by_status,
+        "window_start_at": window[0] if window else None, "window_end_at": window[1] if window else None,
+        "local_windows": {name: windows.describe_local(name, window) for name in zone.zones} if window else {},
+    }
+
+
+def print_zones(zones: list[dict[str, Any]], console: Console) -> None:
+    """One row per set of time zones: its chunks and the window they are (or were) sent for."""
+    table = Table("time zones", "chunks", "contacts", "chunk status", "window (UTC)", "local window",
+                  title="chunks by time zone (calling windows)")
+    for zone in zones:
+        names, local = zone["zones"], zone["local_windows"]
+        utc = (f"{fmt_time(zone['window_start_at'])[:16]} - {fmt_time(zone['window_end_at'])[:16]}"
+               if zone["window_start_at"] else "-")
+        shown = [f"{name}: {local[name]}" for name in names[:3]] + ([f"... {len(names) - 3} more"]
+                                                                     if len(names) > 3 else [])
+        status = ", ".join(f"{k} {v}" for k, v in sorted(zone["chunks_by_status"].items()))
+        table.add_row("\n".join(names[:3] + ([f"+{len(names) - 3} more"] if len(names) > 3 else [])),
+                      str(zone["chunks"]), str(zone["contacts"]), status, utc, "\n".join(shown))
+    console.print(table)
+
+
+def print_report(report: CampaignReport, console: Console) -> None:
+    data = report_as_dict(report)
+    fields = Table(show_header=False, box=None)
+    for key, value in data["campaign"].items():
+        fields.add_row(key, "-" if value is None else str(value))
+    console.print(fields)
+    for title in ("chunks_by_status", "contacts_by_status", "submissions_by_status_code", "submissions_by_outcome",
+                  "call_results_by_status", "timing"):
+        counts = data[title]
+        table = Table(title.replace("_", " "), "value" if title == "timing" else "count")
+        for key, count in sorted(counts.items(), key=lambda kv: str(kv[0])):
+            table.add_row(str(key), str(count))
+        console.print(table if counts else f"{title.replace('_', ' ')}: none")
+    if data["chunks_by_zone"]:
+        print_zones(data["chunks_by_zone"], console)
+    if data["unknown_chunks"]:
+        table = Table("chunk id", "seq", "contacts", "why", title="unknown chunks: resend or leave (a decision)")
+        for chunk in data["unknown_chunks"]:
+            table.add_row(str(chunk["id"]), str(chunk["seq"]), str(chunk["contacts"]), chunk["last_error"] or "")
+        console.print(table)
