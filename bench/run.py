@@ -254,7 +254,8 @@ async def ingest_once(path: Path, db_url: str, calling_window: str | None = None
     engine = db.create_engine(db_url)
     repo = Repository(engine)
     now = utcnow()
-    row = await repo.create_campaign(NewCampaign("bench", "1", "1", str(path), now, now + timedelta(hours=1)))
+    # three days: with calling windows every zone has a window before end_at
+    row = await repo.create_campaign(NewCampaign("bench", "1", "1", str(path), now, now + timedelta(days=3)))
     stall = 0.0
     done = asyncio.Event()
 
@@ -328,7 +329,7 @@ async def ingestion_with_windows(workdir: Path, size: int) -> Row:
         results[window] = ingest_in_subprocess(path, url, window)
     off, on = results[""], results["08:00-21:00"]
     rss = max(on["rss_mb"], on["worker_rss_mb"])
-    ok = on["stall_ms"] <= 100 and rss <= 300 and (size < 1_000_000 or on["seconds"] <= 15)
+    ok = on["stall_ms"] <= 100 and rss <= 300 and on["seconds"] <= 1.10 * off["seconds"]
     return Row(
         f"8. ingest {size:,} contacts with calling windows (08:00-21:00, recipient zones), sqlite",
         f"{on['seconds']:.2f} s, {on['chunks']} chunks over {on['zone_sets']} zone sets, "
@@ -336,7 +337,7 @@ async def ingestion_with_windows(workdir: Path, size: int) -> Row:
         f"max loop stall {on['stall_ms']:.0f} ms",
         f"windows off, same run: {off['seconds']:.2f} s, {off['chunks']} chunks",
         f"{on['seconds'] / off['seconds']:.2f}x the time without windows",
-        "1M <= 15 s, RSS <= 300 MB, stall <= 100 ms", "yes" if ok else "no")
+        "<= 1.10x without windows, RSS <= 300 MB, stall <= 100 ms", "yes" if ok else "no")
 
 
 # -- 4. end to end ------------------------------------------------------------------------

@@ -118,11 +118,11 @@ def read_header(reader: Iterator[list[str]], path: Path, candidates: Sequence[st
 class ContactParser:
     """Turns data rows into ParsedContacts, remembering numbers already seen."""
 
-    def __init__(self, header: ContactsHeader, region: str) -> None:
+    def __init__(self, header: ContactsHeader, region: str, normaliser: Normaliser | None = None) -> None:
         self.header = header
         self.region = region
         self.width = len(header.extra_names) + 1
-        self.normalise = Normaliser(region)
+        self.normalise = normaliser or Normaliser(region)
         # Keyed by the number as an int: a million contacts fit in ~100 MB, not ~200.
         self.first_row_of: dict[int, int] = {}
 
@@ -144,7 +144,9 @@ class ContactParser:
         return ParsedContact(row_number, raw, phone, extra, "pending")
 
 
-def iter_contacts(path: Path, candidates: Sequence[str], region: str) -> tuple[ContactsHeader, Iterator[ParsedContact]]:
+def iter_contacts(
+    path: Path, candidates: Sequence[str], region: str, normaliser: Normaliser | None = None,
+) -> tuple[ContactsHeader, Iterator[ParsedContact]]:
     """The header (checked now) and a lazy stream of parsed contacts."""
     handle = open_contacts(path)
     try:
@@ -156,7 +158,7 @@ def iter_contacts(path: Path, candidates: Sequence[str], region: str) -> tuple[C
     except BaseException:
         handle.close()
         raise
-    return header, _rows(handle, reader, path, ContactParser(header, region))
+    return header, _rows(handle, reader, path, ContactParser(header, region, normaliser))
 
 
 def _rows(handle: io.TextIOWrapper, reader: Iterator[list[str]], path: Path, parser: ContactParser) -> Iterator[ParsedContact]:

@@ -21,7 +21,7 @@ from .contacts import ContactsFileError, ContactsHeader, ParsedContact, iter_con
 from .repository import ContactTuple, NewChunk
 from . import windows
 from .models import Campaign
-from .phones import ZoneLookup
+from .phones import Normaliser, ZoneLookup
 from .repository import Repository
 from .rules import WaitBounds, campaign_problems
 
@@ -70,8 +70,8 @@ class ChunkAssigner:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("total", "pending", "invalid", "duplicate", "out_of_window"), 0))
     _open: dict[tuple[str, ...], list[int]] = field(default_factory=dict)  # zones -> [seq, filled]
-    _windows: dict[tuple[str, ...], "windows.Interval | None"] = field(default_factory=dict)
-    _zones: ZoneLookup = field(default_factory=ZoneLookup)
+    _windows: dict[tuple[str, ...], tuple["windows.Interval | None", str | None]] = field(default_factory=dict)
+    zones: ZoneLookup = field(default_factory=ZoneLookup)
 
     def assign(self, batch: list[ParsedContact]) -> tuple[list[NewChunk], list[ContactTuple]]:
         """The chunks this batch opens, and the contact rows to insert."""
@@ -99,13 +99,14 @@ class ChunkAssigner:
     def _by_zone(self, phone: str, new_chunks: list[NewChunk]) -> tuple[int | None, str, str | None]:
         plan = self.plan
         assert plan is not None
-        zones = (plan.campaign_zone,) if plan.campaign_zone else self._zones(phone)
-        if zones not in self._windows:
-            self._windows[zones] = windows.next_window(zones, plan.rule, plan.not_before, plan.start_at,
-                                                       plan.end_at)
-        window = self._windows[zones]
+        zones = (plan.campaign_zone,) if plan.campaign_zone else self.zones(phone)
+        known = self._windows.get(zones)
+        if known is None:
+            window = windows.next_window(zones, plan.rule, plan.not_before, plan.start_at, plan.end_at)
+            known = self._windows[zones] = (window, None if window else out_of_window_reason(zones, plan.rule))
+        window, reason = known
         if window is None:
-            return None, "out_of_window", out_of_window_reason(zones, plan.rule)
+            return None, "out_of_window", reason
         group = self._open.get(zones)
         if group is None or group[1] == self.chunk_size:
             group = self._open[zones] = [self.chunks_opened, 0]
@@ -169,8 +170,10 @@ _process_state: dict[str, object] = {}  # a worker process serves one ingestion 
 
 def _child_open(state: dict | None, path: str, candidates: list[str], region: str, chunk_size: int,
                 plan: WindowPlan | None) -> ContactsHeader:
-    header, rows = iter_contacts(Path(path), candidates, region)
-    (_process_state if state is None else state).update(rows=rows, assigner=ChunkAssigner(chunk_size, plan))
+    normaliser = Normaliser(region)  # shared: the time-zone lookup reuses the number types it works out
+    header, rows = iter_contacts(Path(path), candidates, region, normaliser)
+    assigner = ChunkAssigner(chunk_size, plan, zones=ZoneLookup(normaliser))
+    (_process_state if state is None else state).update(rows=rows, assigner=assigner)
     return header
 
 

@@ -19,7 +19,8 @@ from functools import lru_cache
 
 import phonenumbers
 import phonenumbers.timezone
-from phonenumbers import NumberParseException, PhoneNumberFormat
+from phonenumbers.tzdata import TIMEZONE_DATA
+from phonenumbers import NumberParseException, PhoneNumberFormat, PhoneNumberType
 
 PREFIX_DIGITS = 7
 # 10 national digits, area code and exchange not starting with 0/1 is NOT assumed:
@@ -66,7 +67,7 @@ class Normaliser:
     def __init__(self, region: str) -> None:
         self.region = region
         self.fast = _is_nanp_region(region)
-        self._valid_prefix: dict[str, bool] = {}
+        self._types: dict[str, int] = {}  # 7-digit national prefix -> phonenumbers.PhoneNumberType
 
     def __call__(self, raw: str) -> tuple[str | None, str | None]:
         if self.fast:
@@ -84,16 +85,21 @@ class Normaliser:
         return match.group(1) if match else None
 
     def _judge(self, raw: str, national: str) -> tuple[str | None, str | None]:
-        prefix = national[:PREFIX_DIGITS]
-        valid = self._valid_prefix.get(prefix)
-        if valid is None:
-            # parse() of these shapes yields exactly this object (the corpus test checks it).
-            number = phonenumbers.PhoneNumber(country_code=1, national_number=int(national))
-            valid = phonenumbers.is_valid_number(number)
-            self._valid_prefix[prefix] = valid
-        if valid:
+        # is_valid_number() is exactly number_type() != UNKNOWN for these numbers (both
+        # find the region and run the same type patterns); the type is kept for ZoneLookup.
+        if self.nanp_type(national) != PhoneNumberType.UNKNOWN:
             return "+1" + national, None
         return None, f"not a valid phone number: {raw!r}"
+
+    def nanp_type(self, national: str) -> int:
+        """phonenumbers' type of a 10-digit NANP number, computed once per 7-digit prefix."""
+        prefix = national[:PREFIX_DIGITS]
+        number_type = self._types.get(prefix)
+        if number_type is None:
+            # parse() of these shapes yields exactly this object (the corpus test checks it).
+            number = phonenumbers.PhoneNumber(country_code=1, national_number=int(national))
+            number_type = self._types[prefix] = phonenumbers.number_type(number)
+        return number_type
 
 
 class ZoneLookup:
@@ -102,26 +108,48 @@ class ZoneLookup:
     () when phonenumbers knows none. Several zones for one number (an area code
     across a zone line, a toll-free number) are all returned: the caller calls
     only when every one of them is inside its window. North American answers
-    are cached per 7-digit national prefix, as validity is (see above); the zone
-    data itself goes no deeper than area code and exchange.
+    are cached per 7-digit national prefix, like validity, and reuse the type
+    the normaliser already worked out (that type is most of the lookup's cost).
     """
 
-    def __init__(self) -> None:
-        self._nanp: dict[str, tuple[str, ...]] = {}
+    def __init__(self, normaliser: Normaliser | None = None) -> None:
+        self._normaliser = normaliser or Normaliser("US")
+        self._nanp: dict[str, tuple[str, ...]] = {}  # "+1" and 7 digits -> zones
+        self._geographic: dict[str, tuple[str, ...]] = {}  # NANP_ZONE_DIGITS digits -> zones
 
     def __call__(self, e164: str) -> tuple[str, ...]:
-        if not e164.startswith("+1"):
+        zones = self._nanp.get(e164[: 2 + PREFIX_DIGITS])
+        if zones is not None:  # only North American numbers are stored, so a hit is one
+            return zones
+        if len(e164) != 12 or not e164.startswith("+1"):
             return self.lookup(e164)
-        key = e164[: 2 + PREFIX_DIGITS]
-        zones = self._nanp.get(key)
+        zones = self._nanp[e164[: 2 + PREFIX_DIGITS]] = self._nanp_zones(e164[2:])
+        return zones
+
+    def _nanp_zones(self, national: str) -> tuple[str, ...]:
+        number_type = self._normaliser.nanp_type(national)
+        if number_type == PhoneNumberType.UNKNOWN:
+            return ()
+        if not phonenumbers.is_number_type_geographical(number_type, 1):
+            return self.lookup("+1" + national)  # toll-free and the like
+        key = national[:NANP_ZONE_DIGITS]
+        zones = self._geographic.get(key)
         if zones is None:
-            zones = self._nanp[key] = self.lookup(e164)
+            number = phonenumbers.PhoneNumber(country_code=1, national_number=int(national))
+            zones = self._geographic[key] = _zones(phonenumbers.timezone.time_zones_for_geographical_number(number))
         return zones
 
     @staticmethod
     def lookup(e164: str) -> tuple[str, ...]:
-        zones = phonenumbers.timezone.time_zones_for_number(phonenumbers.parse(e164))
-        return () if tuple(zones) == UNKNOWN_ZONES else tuple(sorted(zones))
+        """The full pipeline, uncached."""
+        return _zones(phonenumbers.timezone.time_zones_for_number(phonenumbers.parse(e164)))
 
 
 UNKNOWN_ZONES = ("Etc/Unknown",)
+# The zone data's longest North American prefix, in national digits (area code and exchange):
+# a geographic number's zones depend on no later digit.
+NANP_ZONE_DIGITS = max(len(prefix) for prefix in TIMEZONE_DATA if prefix.startswith("1")) - 1
+
+
+def _zones(found: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    return () if tuple(found) == UNKNOWN_ZONES else tuple(sorted(found))
