@@ -1,6 +1,7 @@
 """The CLI as a subprocess, on SQLite and PostgreSQL."""
 
 import json
+import re
 
 import pytest
 
@@ -81,10 +82,46 @@ def test_broken_config_lists_every_problem_and_exits_2(cli):
     assert "do-not-print-me" not in result.stderr + result.stdout
 
 
+def test_create_with_a_calling_window(cli):
+    cli("db", "upgrade")
+    cli("campaign", "create", "--name", "w", "--survey-id", "1", "--instance-id", "1", "--contacts",
+        _contacts(cli), "--start", "2026-12-01T14:00:00Z", "--end", "2026-12-02T14:00:00Z",
+        "--calling-window", "9:00-17:30", "--excluded-weekdays", "sat,sun")
+    shown = json.loads(cli("campaign", "show", "1", "--json").stdout)["campaign"]
+    assert (shown["calling_window_start"], shown["calling_window_end"]) == ("09:00", "17:30")
+    assert shown["excluded_weekdays"] == "sat,sun"
+
+
+@pytest.mark.parametrize(
+    "contacts, message",
+    [
+        ("calling_window: 21:00-08:00", "contacts.calling_window: the window must end after it starts within one day"),
+        ("timezone_policy: campaign", "contacts: campaign_timezone is required when timezone_policy is campaign"),
+        ("campaign_timezone: Mars/Base", "contacts.campaign_timezone: 'Mars/Base' is not an IANA time zone"),
+        ("timezone_policy: sender", "contacts.timezone_policy: must be one of 'recipient' or 'campaign'"),
+    ],
+)
+def test_bad_calling_window_settings_are_named(cli, contacts, message):
+    cli.config.write_text(f"contacts:\n  {contacts}\n")
+    result = cli("campaign", "list", check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
         (["campaign", "show", "9"], "no campaign with id 9"),
+        (["campaign", "create", "--name", "x", "--survey-id", "1", "--instance-id", "1", "--contacts",
+          "/nope.csv", "--start", "2026-12-01T14:00:00Z", "--end", "2026-12-01T15:00:00Z",
+          "--calling-window", "8-21", "--excluded-weekdays", "weekend"],
+         "--calling-window: '8' is not a time of day like 08:00"),
+        (["campaign", "create", "--name", "x", "--survey-id", "1", "--instance-id", "1", "--contacts",
+          "/nope.csv", "--start", "2026-12-01T14:00:00Z", "--end", "2026-12-01T15:00:00Z",
+          "--excluded-weekdays", "weekend"], "--excluded-weekdays: 'weekend' is not a weekday"),
+        (["demo", "--timezone-policy", "campaign"], "--campaign-timezone: required with --timezone-policy campaign"),
+        (["demo", "--calling-window", "09:00-09:00"], "--calling-window: the window must end after it starts"),
         (["campaign", "create", "--name", "x", "--survey-id", "1", "--instance-id", "1", "--contacts",
           "/nope.csv", "--start", "2026-12-01T14:00:00", "--end", "2026-12-01T15:00:00Z",
           "--max-attempts", "11"], "--max-attempts: must be an integer between 1 and 10"),
@@ -149,3 +186,26 @@ def test_suppress_add_import_list_remove(cli):
     assert "removed" in cli("suppress", "remove", "6172531000").stdout
     again = cli("suppress", "remove", "6172531000", check=False)
     assert again.returncode == 2 and "is not on the suppression list" in again.stderr
+
+
+@pytest.fixture
+def demo_cli(tmp_path):
+    """The demo makes its own SQLite database: one run, not one per database."""
+    return Cli(tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'unused.db'}")
+
+
+def test_demo_with_recipient_time_zones_lists_chunks_per_zone(demo_cli):
+    result = demo_cli("demo", "--contacts", "400", "--chunk-size", "50", "--timezone-policy", "recipient",
+                      "--keep", timeout=120, COLUMNS="220")
+    out = result.stdout
+    assert "chunks by time zone (calling windows)" in out
+    for zone in ("America/New_York", "America/Chicago", "America/Los_Angeles", "Pacific/Honolulu"):
+        assert zone in out
+    assert re.search(r"numbers queued more than once\W+0\b", out)
+    assert "Traceback" not in result.stderr
+    # the kept database shows the same table through `campaign show`
+    url = out.split("INSIGHT_SCHEDULER__DATABASE__URL=", 1)[1].split()[0]
+    shown = demo_cli("campaign", "show", "1", "--json", INSIGHT_SCHEDULER__DATABASE__URL=url)
+    zones = {tuple(z["zones"]) for z in json.loads(shown.stdout)["chunks_by_zone"]}
+    assert ("America/New_York",) in zones and ("America/Chicago",) in zones
+    assert all(z["local_windows"] for z in json.loads(shown.stdout)["chunks_by_zone"])

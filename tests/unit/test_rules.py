@@ -71,6 +71,13 @@ def test_wait_bounds_are_configurable():
         ({"end_at": T0}, ["end_at: must be after start_at"]),
         ({"start_at": None}, ["start_at: must be set"]),
         ({"chunk_size": 0}, ["chunk_size: must be an integer >= 1 (or empty for the configured size)"]),
+        ({"calling_window_start": "08:00", "calling_window_end": "21:00", "excluded_weekdays": "sun"}, []),
+        ({"calling_window_start": "08:00"}, ["calling_window_start and calling_window_end: set both or neither"]),
+        ({"calling_window_start": "21:00", "calling_window_end": "08:00"},
+         ["calling_window_start/calling_window_end: the window must end after it starts within one day "
+          "(got 21:00-08:00)"]),
+        ({"excluded_weekdays": "holidays"},
+         ["excluded_weekdays: 'holidays' is not a weekday (use mon, tue, wed, thu, fri, sat, sun)"]),
     ],
 )
 def test_campaign_rules_name_the_column(fields, problems):
