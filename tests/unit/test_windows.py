@@ -167,6 +167,30 @@ def test_new_york_across_daylight_saving_changes(not_before, start, end):
 
 
 @pytest.mark.parametrize(
+    "start_at, local_windows",
+    [
+        # spring forward on Sunday 2027-03-14: EST on Saturday, EDT from Sunday
+        ("2027-03-12 12:00", ["Fri 2027-03-12 08:05-21:00 EST", "Sat 2027-03-13 08:05-21:00 EST",
+                              "Sun 2027-03-14 08:05-21:00 EDT", "Mon 2027-03-15 08:05-21:00 EDT"]),
+        # fall back on Sunday 2026-11-01: EDT on Saturday, EST from Sunday
+        ("2026-10-30 11:00", ["Fri 2026-10-30 08:05-21:00 EDT", "Sat 2026-10-31 08:05-21:00 EDT",
+                              "Sun 2026-11-01 08:05-21:00 EST", "Mon 2026-11-02 08:05-21:00 EST"]),
+    ],
+)
+def test_a_campaign_spanning_a_clock_change_gets_each_days_local_window(start_at, local_windows):
+    """A chunk left unsent moves to the next day's window (as the tick does): 08:05-21:00 local every day."""
+    start = at(start_at)
+    end = start + timedelta(days=5)
+    seen, not_before = [], start
+    for _ in local_windows:
+        window = next_window(["America/New_York"], US_RULE, not_before, start, end)
+        seen.append(windows.describe_local("America/New_York", window))
+        assert window[1] - window[0] == timedelta(hours=12, minutes=55)  # 13 local hours less the offset
+        not_before = window[1]
+    assert seen == local_windows
+
+
+@pytest.mark.parametrize(
     "day, local_window, utc_start, utc_end",
     [
         # 02:00-02:59 does not exist on 2027-03-14: 01:30-03:30 is 06:30-07:30 UTC (one hour).
