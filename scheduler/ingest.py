@@ -117,10 +117,10 @@ class ChunkAssigner:
 
 
 def replan_window(chunk: Any, settings: Settings, now: datetime) -> windows.Interval | None:
-    """The next window for a chunk whose window closed unsent (``Repository.closed_windows`` row).
+    """A not yet sent chunk's window now (``Repository.unsent_windows`` row), from the
+    campaign's columns and the current config, so an admin's edit applies to it.
 
-    Uses the campaign's columns and the current config. Raises ValueError when an
-    admin has since written something invalid in the campaign's window columns.
+    Raises ValueError when an admin has written something invalid in those columns.
     """
     contacts = settings.contacts
     rule = windows.campaign_rule(chunk.calling_window_start, chunk.calling_window_end, chunk.excluded_weekdays,

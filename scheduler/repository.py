@@ -99,7 +99,14 @@ class ZoneSummary:
         self.window = self._next or span
 
 
-NO_WINDOW_LEFT = "unsent when its calling window closed, and no window is left before end_at"
+NO_WINDOW_LEFT = "no calling window left before end_at for this chunk's time zones"
+
+
+@dataclass(frozen=True)
+class WindowMove:
+    chunk_id: int
+    old: tuple[datetime, datetime]
+    new: tuple[datetime, datetime] | None  # None: no window left
 
 # Which statuses an admin command may move a campaign from.
 PAUSABLE = {CampaignStatus.SCHEDULED.value, CampaignStatus.RUNNING.value}
@@ -364,38 +371,37 @@ class DaemonQueries:
             for campaign_id in touched | set(running.all()):
                 await self._refresh(session, campaign_id, now)
 
-    async def closed_windows(self, open_until: datetime) -> list[Any]:
-        """Pending chunks whose calling window closes before ``open_until`` unsent (paused,
-        retried, or a daemon was down): rows with what choosing the next window needs."""
+    async def unsent_windows(self) -> list[Any]:
+        """Pending chunks with a calling window, of running or paused campaigns: rows with
+        their window and what choosing it again needs (the campaign's window columns)."""
         async with self._read() as session:
             return list((await session.execute(
-                select(Chunk.id.label("chunk_id"), Chunk.campaign_id, Chunk.timezones,
-                       Campaign.calling_window_start, Campaign.calling_window_end, Campaign.excluded_weekdays,
-                       Campaign.start_at, Campaign.end_at)
+                select(Chunk.id.label("chunk_id"), Chunk.campaign_id, Chunk.timezones, Chunk.window_start_at,
+                       Chunk.window_end_at, Campaign.calling_window_start, Campaign.calling_window_end,
+                       Campaign.excluded_weekdays, Campaign.start_at, Campaign.end_at)
                 .join(Campaign, Campaign.id == Chunk.campaign_id)
-                .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.window_end_at < open_until,
+                .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.window_end_at.is_not(None),
                        Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.PAUSED.value]))
             )).all())
 
-    async def move_windows(self, moves: dict[int, tuple[datetime, datetime] | None], open_until: datetime,
-                           now: datetime) -> None:
-        """Give each chunk its next window; a chunk with none left (None) expires and its
-        contacts are ``out_of_window``. Only chunks still pending with a closing window move."""
+    async def move_windows(self, moves: list[WindowMove], now: datetime) -> None:
+        """Give each chunk its new window; a chunk with none left expires and its contacts
+        are ``out_of_window``. A chunk claimed or moved since it was read is left alone."""
         async with self._write() as session:
             touched: set[int] = set()
-            for chunk_id, window in moves.items():
-                still = (Chunk.id == chunk_id, Chunk.status == ChunkStatus.PENDING.value,
-                         Chunk.window_end_at < open_until)
+            for move in moves:
+                still = (Chunk.id == move.chunk_id, Chunk.status == ChunkStatus.PENDING.value,
+                         Chunk.window_start_at == move.old[0], Chunk.window_end_at == move.old[1])
                 values: dict[str, Any] = dict(updated_at=now)
-                if window is not None:
-                    values.update(window_start_at=window[0], window_end_at=window[1])
+                if move.new is not None:
+                    values.update(window_start_at=move.new[0], window_end_at=move.new[1])
                 else:
                     values.update(status=ChunkStatus.EXPIRED.value, finished_at=now, last_error=NO_WINDOW_LEFT)
                 campaign_id = await session.scalar(update(Chunk).where(*still).values(**values)
                                                    .returning(Chunk.campaign_id))
-                if campaign_id is not None and window is None:
+                if campaign_id is not None and move.new is None:
                     await session.execute(
-                        update(Contact).where(Contact.chunk_id == chunk_id,
+                        update(Contact).where(Contact.chunk_id == move.chunk_id,
                                               Contact.status == ContactStatus.PENDING.value)
                         .values(status=ContactStatus.OUT_OF_WINDOW.value, reason=NO_WINDOW_LEFT))
                     touched.add(campaign_id)

@@ -28,7 +28,7 @@ from .insight import InsightClient
 from .logs import SecretFilter, configure_logging
 from .models import Campaign
 from .phones import warm_up
-from .repository import Repository, utcnow
+from .repository import Repository, WindowMove, utcnow
 from .web import WebServer, tick_is_recent
 
 log = logging.getLogger("scheduler.service")
@@ -206,20 +206,29 @@ class Daemon:
         await self._update_metrics(now)
 
     async def _roll_windows(self, now: datetime) -> None:
-        """Chunks whose calling window closed unsent move to their next window (or run out)."""
+        """Unsent chunks follow their rule: a window that closed unsent moves to the next one
+        (or runs out), and an admin's edit of the window columns or config applies at once."""
         assert self.repo is not None
-        open_until = now + windows.MIN_WINDOW
-        moves: dict[int, windows.Interval | None] = {}
-        for chunk in await self.repo.closed_windows(open_until):
+        moves: list[WindowMove] = []
+        planned: dict[tuple, windows.Interval | None] = {}  # chunks of one zone set share a window
+        for chunk in await self.repo.unsent_windows():
+            current = (chunk.window_start_at, chunk.window_end_at)
+            key = (chunk.timezones, chunk.calling_window_start, chunk.calling_window_end, chunk.excluded_weekdays,
+                   chunk.start_at, chunk.end_at)
             try:
-                moves[chunk.chunk_id] = replan_window(chunk, self.settings, now)
+                if key not in planned:
+                    planned[key] = replan_window(chunk, self.settings, now)
+                change = windows.window_change(current, planned[key], now)
             except ValueError as exc:
-                log.error("campaign %s: chunk %s waits: its calling window columns are invalid: %s",
-                          chunk.campaign_id, chunk.chunk_id, exc)
+                log.error("campaign %s: chunk %s keeps its window: the campaign's calling window columns are "
+                          "invalid: %s", chunk.campaign_id, chunk.chunk_id, exc)
+                continue
+            if change != windows.KEEP:
+                moves.append(WindowMove(chunk.chunk_id, current, change))  # type: ignore[arg-type]
         if moves:
-            await self.repo.move_windows(moves, open_until, now)
-            log.info("calling windows: %d chunk(s) moved to their next window, %d with none left",
-                     sum(w is not None for w in moves.values()), sum(w is None for w in moves.values()))
+            await self.repo.move_windows(moves, now)
+            log.info("calling windows: %d chunk(s) moved to a new window, %d with none left",
+                     sum(m.new is not None for m in moves), sum(m.new is None for m in moves))
 
     async def _update_metrics(self, now: datetime) -> None:
         assert self.repo is not None and self.dispatcher is not None

@@ -184,10 +184,13 @@ def intersect(streams: Sequence[Iterable[Interval]]) -> Iterator[Interval]:
         current[first_to_end] = next(iterators[first_to_end], None)
 
 
-def _at_top_of_hour(instant: datetime, zones: Sequence[ZoneInfo]) -> bool:
+def _off_the_hour(instant: datetime, zones: Sequence[ZoneInfo], rule: CallingRule) -> datetime:
+    """A start exactly on the hour (in UTC or any of the zones) moves by the rule's offset."""
     if instant.second or instant.microsecond:
-        return False
-    return instant.minute == 0 or any(instant.astimezone(zone).minute == 0 for zone in zones)
+        return instant
+    if instant.minute == 0 or any(instant.astimezone(zone).minute == 0 for zone in zones):
+        return instant + rule.top_of_hour_offset
+    return instant
 
 
 def next_window(
@@ -204,9 +207,9 @@ def next_window(
         return None
     zones = [ZoneInfo(name) for name in zone_names]
     for start, end in intersect([zone_windows(zone, rule, low, high) for zone in zones]):
-        start, end = max(start, low), min(end, high)
-        if _at_top_of_hour(start, zones):
-            start += rule.top_of_hour_offset
+        # off the hour before clipping too, or a window planned from 08:01 would start then
+        start = _off_the_hour(max(_off_the_hour(start, zones, rule), low), zones, rule)
+        end = min(end, high)
         if end - start >= MIN_WINDOW:
             return start, end
         if start >= high:
@@ -220,3 +223,17 @@ def describe_local(zone_name: str, window: Interval) -> str:
     start, end = (moment.astimezone(zone) for moment in window)
     end_text = end.strftime("%H:%M") if end.date() == start.date() else end.strftime("%a %Y-%m-%d %H:%M")
     return f"{start.strftime('%a %Y-%m-%d %H:%M')}-{end_text} {end.tzname()}"
+
+
+KEEP = "keep"
+
+
+def window_change(current: Interval, planned: Interval | None, now: datetime) -> Interval | None | str:
+    """What to do with an unsent chunk's window given the one chosen now: KEEP it, move it
+    to ``planned``, or None (no window left). An open window counts as the same when
+    only its start differs and both have started (it is sent from now either way)."""
+    if planned is None:
+        return None
+    if planned[1] == current[1] and max(planned[0], now) == max(current[0], now):
+        return KEEP
+    return planned

@@ -17,7 +17,7 @@ from scheduler.models import CampaignStatus
 from scheduler.phones import ZoneLookup
 from scheduler.reports import print_report, report_as_dict
 from scheduler.repository import NewCampaign
-from tests.support.harness import rows, running_daemon, settings_for, simulator, wait_for, write_contacts
+from tests.support.harness import execute, rows, running_daemon, settings_for, simulator, wait_for, write_contacts
 
 UTC = timezone.utc
 FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
@@ -198,6 +198,30 @@ async def test_a_window_closing_with_no_next_one_expires_the_chunk(repo, db_url,
             await until(lambda: _chunk_status(repo, row.id, "expired"))
     assert sim.requests == []
     assert {s for (s,) in await rows(repo, "SELECT status FROM contacts")} == {"out_of_window"}
+
+
+async def test_an_admins_edit_of_the_window_applies_to_unsent_chunks(repo, db_url, tmp_path):
+    numbers = numbers_in("212", 3, 1)
+    contacts = write_contacts(tmp_path / "c.csv", numbers)
+    clock = Clock(at("2026-12-01 12:00"))
+    async with simulator() as sim:
+        row = await repo.create_campaign(NewCampaign(
+            name="edited", survey_id="77", instance_id="3", contacts_path=str(contacts),
+            start_at=at("2026-12-01 06:00"), end_at=at("2026-12-03 06:00")))
+        async with running_daemon(window_settings(db_url, sim.base_url), clock=clock):
+            await until(lambda: _window_of(repo, row.id, "America/New_York", at("2026-12-01 13:05")))
+            # the admin narrows this campaign to 10:00-17:00 and excludes Tuesdays (Dec 1 is one)
+            await execute(repo, "UPDATE campaigns SET calling_window_start = '10:00', calling_window_end = "
+                                "'17:00', excluded_weekdays = 'tue' WHERE id = :c", c=row.id)
+            await until(lambda: _window_of(repo, row.id, "America/New_York", at("2026-12-02 15:05")))
+            clock.now = at("2026-12-01 13:06")  # inside the old window
+            await asyncio.sleep(0.6)
+            assert sim.requests == []
+            clock.now = at("2026-12-02 15:01")
+            done = await wait_for(repo, row.id, FINAL)
+    assert done.status == "completed"
+    assert [(r.fields["start_timestamp"], r.fields["end_timestamp"]) for r in sim.requests] == [
+        (str(int(at("2026-12-02 15:05").timestamp())), str(int(at("2026-12-02 22:00").timestamp())))]
 
 
 async def test_campaign_timezone_policy_uses_one_zone_for_everyone(repo, db_url, tmp_path):

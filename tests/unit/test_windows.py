@@ -120,6 +120,33 @@ def test_a_window_at_the_top_of_the_hour_moves_by_the_offset():
     assert next_window(["America/Chicago"], rule, start, start, start + timedelta(hours=3))[0] == at("2026-12-01 17:15")
 
 
+def test_a_window_planned_inside_its_first_minutes_still_opens_off_the_hour():
+    moment = at("2026-12-01 13:01")  # 08:01 in New York
+    window = next_window(["America/New_York"], US_RULE, moment, CAMPAIGN_START, CAMPAIGN_START + timedelta(days=2))
+    assert window == (at("2026-12-01 13:05"), at("2026-12-02 02:00"))
+    later = at("2026-12-01 13:07")
+    assert next_window(["America/New_York"], US_RULE, later, later, later + timedelta(days=1))[0] == later
+
+
+W = (at("2026-12-01 13:05"), at("2026-12-02 02:00"))
+
+
+@pytest.mark.parametrize(
+    "planned, now, expected",
+    [
+        (W, at("2026-12-01 12:00"), windows.KEEP),  # the same window
+        ((at("2026-12-01 14:00"), W[1]), at("2026-12-01 14:00"), windows.KEEP),  # open: sent from now either way
+        ((at("2026-12-01 15:05"), at("2026-12-01 22:00")), at("2026-12-01 12:00"),
+         (at("2026-12-01 15:05"), at("2026-12-01 22:00"))),  # an admin narrowed the hours
+        ((at("2026-12-02 13:05"), at("2026-12-03 02:00")), at("2026-12-02 02:10"),
+         (at("2026-12-02 13:05"), at("2026-12-03 02:00"))),  # closed unsent: the next day's
+        (None, at("2026-12-02 02:10"), None),  # none left before end_at
+    ],
+)
+def test_window_change(planned, now, expected):
+    assert windows.window_change(W, planned, now) == expected
+
+
 def test_several_zones_get_the_intersection():
     # 208 (Idaho) spans Boise (Mountain) and Los Angeles (Pacific): 08:05 Pacific to 21:00 Mountain
     window = next_window(["America/Boise", "America/Los_Angeles"], US_RULE, CAMPAIGN_START, CAMPAIGN_START,
