@@ -167,8 +167,8 @@ class Campaign(Base):
     chunk_size: Mapped[int | None] = mapped_column(Integer)
     # Local calling hours ("08:00", "21:00") overriding config contacts.calling_window,
     # and weekdays nobody is called ("sat,sun"); see scheduler/windows.py.
-    calling_window_start: Mapped[str | None] = mapped_column(String(5))
-    calling_window_end: Mapped[str | None] = mapped_column(String(5))
+    calling_window_start: Mapped[str | None] = mapped_column(String(8))
+    calling_window_end: Mapped[str | None] = mapped_column(String(8))
     excluded_weekdays: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)

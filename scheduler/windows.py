@@ -30,7 +30,7 @@ MIN_WINDOW = timedelta(seconds=60)
 SEARCH_DAYS = 400
 
 Interval = tuple[datetime, datetime]
-_CLOCK = re.compile(r"(\d{1,2}):(\d{2})")
+_CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::00)?")  # SQL's TIME text '08:00:00' too
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def parse_window(text: str) -> DailyWindow:
 def parse_weekdays(text: str | None) -> frozenset[int]:
     """'sat,sun' or 'Saturday Sunday' -> {5, 6}; empty -> none."""
     days: set[int] = set()
-    for word in re.split(r"[\s,;]+", (text or "").strip().lower()):
+    for word in re.split(r"[\s,;\[\]\"']+", (text or "").strip().lower()):
         if not word:
             continue
         if word not in _DAY_NAMES:

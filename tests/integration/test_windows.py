@@ -211,8 +211,8 @@ async def test_an_admins_edit_of_the_window_applies_to_unsent_chunks(repo, db_ur
         async with running_daemon(window_settings(db_url, sim.base_url), clock=clock):
             await until(lambda: _window_of(repo, row.id, "America/New_York", at("2026-12-01 13:05")))
             # the admin narrows this campaign to 10:00-17:00 and excludes Tuesdays (Dec 1 is one)
-            await execute(repo, "UPDATE campaigns SET calling_window_start = '10:00', calling_window_end = "
-                                "'17:00', excluded_weekdays = 'tue' WHERE id = :c", c=row.id)
+            await execute(repo, "UPDATE campaigns SET calling_window_start = '10:00:00', calling_window_end = "
+                                "'17:00:00', excluded_weekdays = 'Tuesday' WHERE id = :c", c=row.id)
             await until(lambda: _window_of(repo, row.id, "America/New_York", at("2026-12-02 15:05")))
             clock.now = at("2026-12-01 13:06")  # inside the old window
             await asyncio.sleep(0.6)

@@ -28,7 +28,7 @@ def at(text: str) -> datetime:
 @pytest.mark.parametrize(
     "text, expected",
     [("08:00-21:00", (480, 1260)), ("8:30-17:45", (510, 1065)), ("00:00-24:00", (0, 1440)),
-     (" 09:00 - 17:00 ", (540, 1020))],
+     (" 09:00 - 17:00 ", (540, 1020)), ("08:00:00-21:00:00", (480, 1260))],
 )
 def test_parse_window(text, expected):
     window = windows.parse_window(text)
@@ -39,7 +39,7 @@ def test_parse_window(text, expected):
     "text, message",
     [("8-21", "not a time of day"), ("21:00-08:00", "must end after it starts"), ("08:00", "not a window"),
      ("24:00-24:00", "between 00:00 and 23:59"), ("08:60-09:00", "not a time of day between"),
-     ("09:00-09:00", "must end after")],
+     ("09:00-09:00", "must end after"), ("08:00:30-21:00", "not a time of day")],
 )
 def test_parse_window_refuses(text, message):
     with pytest.raises(ValueError, match=message):
@@ -48,13 +48,15 @@ def test_parse_window_refuses(text, message):
 
 @pytest.mark.parametrize(
     "text, days",
-    [(None, set()), ("", set()), ("sat,sun", {5, 6}), ("Saturday, Sunday", {5, 6}), ("mon tue;wed", {0, 1, 2})],
+    [(None, set()), ("", set()), ("sat,sun", {5, 6}), ("Saturday, Sunday", {5, 6}), ("mon tue;wed", {0, 1, 2}),
+     ('["sat", "sun"]', {5, 6}), ("SUN", {6})],
 )
 def test_parse_weekdays(text, days):
     assert windows.parse_weekdays(text) == days
 
 
-@pytest.mark.parametrize("text", ["sa", "weekend", "1", "mon,tue,wed,thu,fri,sat,sun"])
+# numbers are refused: 5,6 means Sat,Sun to Python, Fri,Sat to ISO 8601, and cron counts from Sunday = 0
+@pytest.mark.parametrize("text", ["sa", "weekend", "1", "5,6", "mon,tue,wed,thu,fri,sat,sun"])
 def test_parse_weekdays_refuses(text):
     with pytest.raises(ValueError):
         windows.parse_weekdays(text)
