@@ -86,24 +86,7 @@ def claim_next(
 ) -> ClaimedChunk | None:
     """Take the next ready chunk, round-robin over campaigns (the caller's transaction is the lock)."""
     now = times.now
-    query = (
-        select(Chunk.id, Chunk.campaign_id, Chunk.seq, Chunk.attempts, Chunk.contact_count,
-               Chunk.window_start_at, Chunk.window_end_at,
-               Campaign.survey_id, Campaign.instance_id, Campaign.start_at, Campaign.end_at,
-               Campaign.max_attempts, Campaign.reattempt_wait, Campaign.result_url, Campaign.contacts_header)
-        .join(Campaign, Campaign.id == Chunk.campaign_id)
-        .where(
-            Chunk.status == ChunkStatus.PENDING.value,
-            (Chunk.next_attempt_at.is_(None)) | (Chunk.next_attempt_at <= now),
-            (Chunk.window_start_at.is_(None)) | (Chunk.window_start_at <= times.opens_by),
-            (Chunk.window_end_at.is_(None)) | (Chunk.window_end_at >= times.open_until),
-            Campaign.status == CampaignStatus.RUNNING.value,
-            Campaign.ingested_at.is_not(None),
-            Campaign.end_at > now,
-        )
-        .order_by(case((Chunk.campaign_id > after_campaign_id, 0), else_=1), Chunk.campaign_id, Chunk.seq)
-        .limit(1)
-    )
+    query = _ready_chunks(times, after_campaign_id)
     if is_postgres(conn):
         query = query.with_for_update(skip_locked=True, of=Chunk)
     while True:
@@ -135,6 +118,29 @@ def claim_next(
         instance_id=row.instance_id, start_at=row.start_at, end_at=row.end_at, max_attempts=row.max_attempts,
         reattempt_wait=row.reattempt_wait, result_url=row.result_url, contacts_header=row.contacts_header,
         window_start_at=row.window_start_at, window_end_at=row.window_end_at,
+    )
+
+
+def _ready_chunks(times: ClaimTimes, after_campaign_id: int) -> Any:
+    """Pending chunks that may be sent now (retry time, calling window, running campaign), next campaign first."""
+    now = times.now
+    return (
+        select(Chunk.id, Chunk.campaign_id, Chunk.seq, Chunk.attempts, Chunk.contact_count,
+               Chunk.window_start_at, Chunk.window_end_at,
+               Campaign.survey_id, Campaign.instance_id, Campaign.start_at, Campaign.end_at,
+               Campaign.max_attempts, Campaign.reattempt_wait, Campaign.result_url, Campaign.contacts_header)
+        .join(Campaign, Campaign.id == Chunk.campaign_id)
+        .where(
+            Chunk.status == ChunkStatus.PENDING.value,
+            (Chunk.next_attempt_at.is_(None)) | (Chunk.next_attempt_at <= now),
+            (Chunk.window_start_at.is_(None)) | (Chunk.window_start_at <= times.opens_by),
+            (Chunk.window_end_at.is_(None)) | (Chunk.window_end_at >= times.open_until),
+            Campaign.status == CampaignStatus.RUNNING.value,
+            Campaign.ingested_at.is_not(None),
+            Campaign.end_at > now,
+        )
+        .order_by(case((Chunk.campaign_id > after_campaign_id, 0), else_=1), Chunk.campaign_id, Chunk.seq)
+        .limit(1)
     )
 
 
