@@ -73,6 +73,9 @@ class SubmissionSettings(_Section):
     # that delay varies; spacing grants this much wider keeps every one-second
     # window Plum sees within the limit.
     rate_limit_margin_seconds: float = Field(0.01, ge=0, le=0.5)
+    # A campaign whose first this-many requests are all refused (400) is paused instead of
+    # split further (0: never); one accepted request disarms it.
+    max_rejections_without_success: int = Field(20, ge=0)
     retry: RetrySettings = RetrySettings()
 
 

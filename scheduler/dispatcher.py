@@ -247,7 +247,8 @@ class Dispatcher:
             self.settings.submission.retry, self.rand, result.retry_after_seconds,
         )
         # Shielded: a shutdown must never lose an outcome row.
-        task = asyncio.ensure_future(self.repo.record_outcome(claim, self.worker, result, plan, self.clock()))
+        task = asyncio.ensure_future(self.repo.record_outcome(
+            claim, self.worker, result, plan, self.clock(), self.settings.submission.max_rejections_without_success))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:

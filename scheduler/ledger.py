@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from .chunking import halves
 from .models import (
     Campaign,
+    Outcome,
     CampaignStatus,
     Chunk,
     ChunkStatus,
@@ -33,7 +34,7 @@ from .models import (
     Suppression,
     UTCDateTime,
 )
-from .retry import NextStep, Step
+from .retry import NextStep, Step, stop_splitting
 
 OPEN_CHUNK = (ChunkStatus.PENDING.value, ChunkStatus.SUBMITTING.value)
 
@@ -200,7 +201,7 @@ def chunk_contacts(conn: Connection, chunk_id: int) -> list[tuple[str, str | Non
 
 
 def record(conn: Connection, claim: ClaimedChunk, worker: str, result: Any, plan: NextStep,
-                 now: datetime) -> None:
+           now: datetime, rejection_limit: int = 0) -> None:
     """The submission row gets the answer; the chunk and its campaign move on."""
     conn.execute(
         update(Submission).where(Submission.id == claim.submission_id).values(
@@ -216,8 +217,23 @@ def record(conn: Connection, claim: ClaimedChunk, worker: str, result: Any, plan
         ChunkStatus.SUBMITTING.value, ChunkStatus.UNKNOWN.value
     ):
         return
+    if plan.step in (Step.SPLIT, Step.REJECTED):
+        plan = _unless_everything_is_refused(conn, claim.campaign_id, plan, rejection_limit)
     apply_step(conn, claim, plan, now)
     refresh_if_settled(conn, claim.campaign_id, now)
+
+
+def _unless_everything_is_refused(conn: Connection, campaign_id: int, plan: NextStep, limit: int) -> NextStep:
+    if limit <= 0:
+        return plan
+    counts = dict(conn.execute(
+        select(Submission.outcome, func.count())
+        .where(Submission.campaign_id == campaign_id,
+               Submission.outcome.in_([Outcome.REJECTED.value, Outcome.ACCEPTED.value]))
+        .group_by(Submission.outcome)).all())
+    stop = stop_splitting(counts.get(Outcome.REJECTED.value, 0), counts.get(Outcome.ACCEPTED.value, 0), limit,
+                          plan.message or "HTTP 400")
+    return stop or plan
 
 
 FINAL_STEPS = {

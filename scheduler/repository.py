@@ -579,9 +579,10 @@ class DaemonQueries:
                        Campaign.status == CampaignStatus.RUNNING.value)
             )
 
-    async def record_outcome(self, claim: ClaimedChunk, worker: str, result: Any, plan: Any, now: datetime) -> None:
+    async def record_outcome(self, claim: ClaimedChunk, worker: str, result: Any, plan: Any, now: datetime,
+                             rejection_limit: int = 0) -> None:
         """The submission row gets the answer; the chunk and campaign move on, in one transaction."""
-        await self._ledger(ledger.record, claim, worker, result, plan, now)
+        await self._ledger(ledger.record, claim, worker, result, plan, now, rejection_limit)
 
     # -- admin decisions about unknown chunks ----------------------------------------
 

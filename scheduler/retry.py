@@ -105,3 +105,16 @@ def _plum_said(status_code: int | None, error: str | None) -> str:
     if status_code is None:
         return error or "no answer"
     return f"HTTP {status_code}" + (f" from Plum: {error}" if error and not error.startswith("HTTP ") else "")
+
+
+def stop_splitting(rejected: int, accepted: int, limit: int, said: str) -> NextStep | None:
+    """Plum refusing request after request of a campaign and accepting none points at the
+    request (columns, number format, a field), not at single rows: splitting on would cost
+    ~2 requests per contact. Pause the campaign instead (None: go on)."""
+    if accepted or limit <= 0 or rejected < limit:
+        return None
+    return NextStep(Step.PAUSE_CAMPAIGN, message=(
+        f"Plum refused the first {rejected} requests of this campaign and accepted none (last: {said}): "
+        "the request rather than single numbers is likely at fault (contacts columns, insight.phone_column, "
+        "insight.number_format); fix it, then set status to scheduled. If Plum really refuses that many single "
+        "numbers, set submission.max_rejections_without_success to 0 and resume"))

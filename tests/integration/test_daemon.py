@@ -20,6 +20,8 @@ from tests.support.harness import (
     write_contacts,
 )
 
+from scheduler.models import CampaignStatus
+
 FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
 
 
@@ -218,6 +220,30 @@ async def test_400_on_some_rows_rejects_only_those_rows(repo, db_url, tmp_path):
     assert set(sim.queued_numbers) == {e164(n) for n in numbers} - bad
     assert sim.stats()["numbers_queued_more_than_once"] == 0
     assert done.contacts_queued == 38
+
+
+async def test_a_campaign_plum_refuses_request_after_request_is_paused_not_split_forever(repo, db_url, tmp_path):
+    contacts = write_contacts(tmp_path / "c.csv", valid_numbers(64))
+    body = "{'success':false,'error':'uploaded CSV was invalid'}"
+    async with simulator(fixed_status=400, fixed_body=body) as sim:
+        settings = settings_for(db_url, sim.base_url, chunk_size=16, max_concurrency=1,
+                                max_rejections_without_success=6)
+        row = await repo.create_campaign(campaign(contacts))
+        async with running_daemon(settings):
+            paused = await wait_for(repo, row.id, {"paused"})
+            await asyncio.sleep(0.5)
+            # without the stop: 4 chunks of 16 split down to single rows, ~124 requests
+            assert len(sim.requests) == 6
+            assert "refused the first 6 requests" in paused.last_error
+            assert "uploaded CSV was invalid" in paused.last_error
+            assert await scalar(repo, "SELECT count(*) FROM contacts WHERE status = 'rejected'") == 0
+            # the admin fixes the cause and resumes: splitting resumes where it stopped, nothing lost
+            sim.settings.fixed_status = None
+            await repo.change_status(row.id, CampaignStatus.SCHEDULED)
+            done = await wait_for(repo, row.id, FINAL)
+    assert done.status == "completed"
+    assert done.contacts_queued == 64
+    assert sim.stats()["numbers_queued_more_than_once"] == 0
 
 
 async def test_unknown_outcome_is_never_resent_until_an_admin_decides(repo, db_url, tmp_path):

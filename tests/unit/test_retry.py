@@ -5,7 +5,7 @@ import pytest
 
 from scheduler.config import RetrySettings
 from scheduler.models import Outcome
-from scheduler.retry import backoff_seconds, decide
+from scheduler.retry import Step, backoff_seconds, decide, stop_splitting
 
 NOW = datetime(2026, 12, 1, 14, 0, tzinfo=timezone.utc)
 POLICY = RetrySettings(max_tries=5, initial_backoff_seconds=1.0, max_backoff_seconds=60.0, max_retry_after_seconds=300)
@@ -56,3 +56,22 @@ def test_same_seed_same_schedule():
 def test_retry_after_is_honoured_and_capped(retry_after, expected):
     decision = decide(Outcome.RETRYABLE, 1, NOW, POLICY, random.Random(0), retry_after_seconds=retry_after)
     assert decision.retry_at == NOW + timedelta(seconds=expected)
+
+
+@pytest.mark.parametrize(
+    "rejected, accepted, limit, pauses",
+    [
+        (19, 0, 20, False),
+        (20, 0, 20, True),  # twenty refusals and not one acceptance: the request is at fault
+        (500, 1, 20, False),  # one accepted request: the refusals are about rows, split on
+        (1000, 0, 0, False),  # 0: never
+        (1, 0, 1, True),
+    ],
+)
+def test_stop_splitting(rejected, accepted, limit, pauses):
+    step = stop_splitting(rejected, accepted, limit, "HTTP 400 from Plum: uploaded CSV was invalid")
+    assert (step is not None) == pauses
+    if pauses:
+        assert step.step is Step.PAUSE_CAMPAIGN
+        assert f"refused the first {rejected} requests" in step.message
+        assert "uploaded CSV was invalid" in step.message and "max_rejections_without_success" in step.message
