@@ -323,11 +323,11 @@ async def ingestion_with_windows(workdir: Path, size: int) -> Row:
     path = workdir / f"ingest{size}.csv"
     if not path.exists():
         generate_contacts(path, size)
-    results = {}
-    for window in ("", "08:00-21:00"):
+    results: dict[str, list[dict]] = {"": [], "08:00-21:00": []}
+    for window in ("", "08:00-21:00", "08:00-21:00", ""):  # interleaved, best of two: the machine is noisy
         url = await fresh_sqlite(workdir)
-        results[window] = ingest_in_subprocess(path, url, window)
-    off, on = results[""], results["08:00-21:00"]
+        results[window].append(ingest_in_subprocess(path, url, window))
+    off, on = (min(results[w], key=lambda r: r["seconds"]) for w in ("", "08:00-21:00"))
     rss = max(on["rss_mb"], on["worker_rss_mb"])
     ok = on["stall_ms"] <= 100 and rss <= 300 and on["seconds"] <= 1.10 * off["seconds"]
     return Row(
@@ -335,7 +335,7 @@ async def ingestion_with_windows(workdir: Path, size: int) -> Row:
         f"{on['seconds']:.2f} s, {on['chunks']} chunks over {on['zone_sets']} zone sets, "
         f"{on['out_of_window']} out_of_window, peak RSS {on['rss_mb']:.0f} MB (+ parser {on['worker_rss_mb']:.0f} MB), "
         f"max loop stall {on['stall_ms']:.0f} ms",
-        f"windows off, same run: {off['seconds']:.2f} s, {off['chunks']} chunks",
+        f"windows off, same run: {off['seconds']:.2f} s, {off['chunks']} chunks (each the best of two)",
         f"{on['seconds'] / off['seconds']:.2f}x the time without windows",
         "<= 1.10x without windows, RSS <= 300 MB, stall <= 100 ms", "yes" if ok else "no")
 

@@ -69,9 +69,9 @@ class ChunkAssigner:
     chunks_opened: int = 0
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("total", "pending", "invalid", "duplicate", "out_of_window"), 0))
-    _open: dict[tuple[str, ...], list[int]] = field(default_factory=dict)  # zones -> [seq, filled]
-    _windows: dict[tuple[str, ...], tuple["windows.Interval | None", str | None]] = field(default_factory=dict)
     zones: ZoneLookup = field(default_factory=ZoneLookup)
+    # per zone set: [seq of its open chunk (-1: none yet), contacts in it, window, out_of_window reason, zones]
+    _groups: dict[tuple[str, ...], list] = field(default_factory=dict)
 
     def assign(self, batch: list[ParsedContact]) -> tuple[list[NewChunk], list[ContactTuple]]:
         """The chunks this batch opens, and the contact rows to insert."""
@@ -100,20 +100,21 @@ class ChunkAssigner:
         plan = self.plan
         assert plan is not None
         zones = (plan.campaign_zone,) if plan.campaign_zone else self.zones(phone)
-        known = self._windows.get(zones)
-        if known is None:
-            window = windows.next_window(zones, plan.rule, plan.not_before, plan.start_at, plan.end_at)
-            known = self._windows[zones] = (window, None if window else out_of_window_reason(zones, plan.rule))
-        window, reason = known
-        if window is None:
-            return None, "out_of_window", reason
-        group = self._open.get(zones)
-        if group is None or group[1] == self.chunk_size:
-            group = self._open[zones] = [self.chunks_opened, 0]
-            new_chunks.append((self.chunks_opened, " ".join(zones), *window))
+        group = self._groups.get(zones) or self._new_group(zones, plan)
+        if group[2] is None:
+            return None, "out_of_window", group[3]
+        if group[0] < 0 or group[1] == self.chunk_size:
+            group[0], group[1] = self.chunks_opened, 0
+            new_chunks.append((self.chunks_opened, group[4], *group[2]))
             self.chunks_opened += 1
         group[1] += 1
         return group[0], "pending", None
+
+    def _new_group(self, zones: tuple[str, ...], plan: WindowPlan) -> list:
+        window = windows.next_window(zones, plan.rule, plan.not_before, plan.start_at, plan.end_at)
+        reason = None if window else out_of_window_reason(zones, plan.rule)
+        group = self._groups[zones] = [-1, 0, window, reason, " ".join(zones)]
+        return group
 
 
 def replan_window(chunk: Any, settings: Settings, now: datetime) -> windows.Interval | None:

@@ -108,36 +108,41 @@ class ZoneLookup:
     () when phonenumbers knows none. Several zones for one number (an area code
     across a zone line, a toll-free number) are all returned: the caller calls
     only when every one of them is inside its window. North American answers
-    are cached per 7-digit national prefix, like validity, and reuse the type
-    the normaliser already worked out (that type is most of the lookup's cost).
+    are cached per exchange and number type; the type is the one the normaliser
+    already worked out (it is most of the lookup's cost).
     """
 
     def __init__(self, normaliser: Normaliser | None = None) -> None:
         self._normaliser = normaliser or Normaliser("US")
-        self._nanp: dict[str, tuple[str, ...]] = {}  # "+1" and 7 digits -> zones
-        self._geographic: dict[str, tuple[str, ...]] = {}  # NANP_ZONE_DIGITS digits -> zones
+        self._nanp: dict[tuple[str, int], tuple[str, ...]] = {}  # (exchange, number type) -> zones
+        self._seen: dict[str, tuple[str, ...]] = {}  # "+1" and 7 digits -> zones: the common case, one lookup
 
     def __call__(self, e164: str) -> tuple[str, ...]:
-        zones = self._nanp.get(e164[: 2 + PREFIX_DIGITS])
+        zones = self._seen.get(e164[: 2 + PREFIX_DIGITS])
         if zones is not None:  # only North American numbers are stored, so a hit is one
             return zones
         if len(e164) != 12 or not e164.startswith("+1"):
             return self.lookup(e164)
-        zones = self._nanp[e164[: 2 + PREFIX_DIGITS]] = self._nanp_zones(e164[2:])
+        zones = self._seen[e164[: 2 + PREFIX_DIGITS]] = self._by_exchange(e164[2:])
         return zones
 
-    def _nanp_zones(self, national: str) -> tuple[str, ...]:
-        number_type = self._normaliser.nanp_type(national)
+    def _by_exchange(self, national: str) -> tuple[str, ...]:
+        # The zone data goes no deeper than the exchange (NANP_ZONE_DIGITS) and otherwise
+        # depends on the number's type, which the normaliser knows per 7-digit prefix.
+        key = (national[:NANP_ZONE_DIGITS], self._normaliser.nanp_type(national))
+        zones = self._nanp.get(key)
+        if zones is None:
+            zones = self._nanp[key] = self._nanp_zones(national, key[1])
+        return zones
+
+    @staticmethod
+    def _nanp_zones(national: str, number_type: int) -> tuple[str, ...]:
         if number_type == PhoneNumberType.UNKNOWN:
             return ()
+        number = phonenumbers.PhoneNumber(country_code=1, national_number=int(national))
         if not phonenumbers.is_number_type_geographical(number_type, 1):
-            return self.lookup("+1" + national)  # toll-free and the like
-        key = national[:NANP_ZONE_DIGITS]
-        zones = self._geographic.get(key)
-        if zones is None:
-            number = phonenumbers.PhoneNumber(country_code=1, national_number=int(national))
-            zones = self._geographic[key] = _zones(phonenumbers.timezone.time_zones_for_geographical_number(number))
-        return zones
+            return _zones(phonenumbers.timezone.time_zones_for_number(number))  # toll-free and the like
+        return _zones(phonenumbers.timezone.time_zones_for_geographical_number(number))
 
     @staticmethod
     def lookup(e164: str) -> tuple[str, ...]:
