@@ -493,7 +493,7 @@ class DaemonQueries:
             if seqs:
                 rows = await session.execute(
                     select(Chunk.seq, Chunk.id).where(Chunk.campaign_id == campaign_id,
-                                                      Chunk.seq.between(min(seqs), max(seqs)))
+                                                      Chunk.seq.in_(sorted(seqs)))
                 )
                 ids = {seq: chunk_id for seq, chunk_id in rows.all()}
             records = [(campaign_id, *c[:6], None if c[6] is None else ids[c[6]]) for c in contacts]
