@@ -43,12 +43,17 @@ class WindowPlan:
     end_at: datetime
 
 
+def rule_of(row: Any, settings: Settings) -> windows.CallingRule | None:
+    """A campaign's calling rule: its window columns (on ``row``), else the config; None when off."""
+    contacts = settings.contacts
+    return windows.campaign_rule(row.calling_window_start, row.calling_window_end, row.excluded_weekdays,
+                                 contacts.calling_window, contacts.top_of_hour_offset_minutes)
+
+
 def window_plan(campaign: Campaign, settings: Settings, now: datetime) -> WindowPlan | None:
     """None when no calling window applies to this campaign (the default)."""
     contacts = settings.contacts
-    rule = windows.campaign_rule(campaign.calling_window_start, campaign.calling_window_end,
-                                 campaign.excluded_weekdays, contacts.calling_window,
-                                 contacts.top_of_hour_offset_minutes)
+    rule = rule_of(campaign, settings)
     if rule is None:
         return None
     zone = contacts.campaign_timezone if contacts.timezone_policy == "campaign" else None
@@ -123,9 +128,7 @@ def replan_window(chunk: Any, settings: Settings, now: datetime) -> windows.Inte
 
     Raises ValueError when an admin has written something invalid in those columns.
     """
-    contacts = settings.contacts
-    rule = windows.campaign_rule(chunk.calling_window_start, chunk.calling_window_end, chunk.excluded_weekdays,
-                                 contacts.calling_window, contacts.top_of_hour_offset_minutes)
+    rule = rule_of(chunk, settings)
     if rule is None:  # windows were switched off since ingestion: any time before end_at
         return (now, chunk.end_at) if chunk.end_at - now >= windows.MIN_WINDOW else None
     zones = tuple(chunk.timezones.split()) if chunk.timezones else ()

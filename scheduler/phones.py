@@ -115,18 +115,11 @@ class ZoneLookup:
     def __init__(self, normaliser: Normaliser | None = None) -> None:
         self._normaliser = normaliser or Normaliser("US")
         self._nanp: dict[tuple[str, int], tuple[str, ...]] = {}  # (exchange, number type) -> zones
-        self._seen: dict[str, tuple[str, ...]] = {}  # "+1" and 7 digits -> zones: the common case, one lookup
 
     def __call__(self, e164: str) -> tuple[str, ...]:
-        zones = self._seen.get(e164[: 2 + PREFIX_DIGITS])
-        if zones is not None:  # only North American numbers are stored, so a hit is one
-            return zones
         if len(e164) != 12 or not e164.startswith("+1"):
             return self.lookup(e164)
-        zones = self._seen[e164[: 2 + PREFIX_DIGITS]] = self._by_exchange(e164[2:])
-        return zones
-
-    def _by_exchange(self, national: str) -> tuple[str, ...]:
+        national = e164[2:]
         # The zone data goes no deeper than the exchange (NANP_ZONE_DIGITS) and otherwise
         # depends on the number's type, which the normaliser knows per 7-digit prefix.
         key = (national[:NANP_ZONE_DIGITS], self._normaliser.nanp_type(national))

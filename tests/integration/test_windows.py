@@ -16,8 +16,7 @@ from scheduler.export import write_export
 from scheduler.models import CampaignStatus
 from scheduler.phones import ZoneLookup
 from scheduler.reports import print_report, report_as_dict
-from scheduler.repository import NewCampaign
-from tests.support.harness import execute, rows, running_daemon, settings_for, simulator, wait_for, write_contacts
+from tests.support.harness import campaign, execute, rows, running_daemon, settings_for, simulator, wait_for, write_contacts
 
 UTC = timezone.utc
 FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
@@ -83,9 +82,8 @@ async def test_chunks_per_zone_are_sent_a_lead_before_their_own_window(repo, db_
     contacts = write_contacts(tmp_path / "c.csv", numbers)
     clock = Clock(at("2026-12-01 12:58"))  # 07:58 in New York
     async with simulator() as sim:
-        row = await repo.create_campaign(NewCampaign(
-            name="windows", survey_id="77", instance_id="3", contacts_path=str(contacts),
-            start_at=at("2026-12-01 06:00"), end_at=at("2026-12-03 06:00")))
+        row = await repo.create_campaign(campaign(
+            contacts, name="windows", start_at=at("2026-12-01 06:00"), end_at=at("2026-12-03 06:00")))
         async with running_daemon(window_settings(db_url, sim.base_url), clock=clock):
             await until(lambda: _ingested(repo, row.id))
             chunks = await chunk_windows(repo, row.id)
@@ -161,9 +159,8 @@ async def test_contacts_with_no_window_left_are_out_of_window(repo, db_url, tmp_
     contacts = write_contacts(tmp_path / "c.csv", numbers)
     clock = Clock(at("2026-12-01 06:00"))
     async with simulator() as sim:
-        row = await repo.create_campaign(NewCampaign(
-            name="short", survey_id="77", instance_id="3", contacts_path=str(contacts),
-            start_at=at("2026-12-01 06:00"), end_at=at("2026-12-01 12:00")))  # ends before 08:00 in New York
+        row = await repo.create_campaign(campaign(
+            contacts, name="short", start_at=at("2026-12-01 06:00"), end_at=at("2026-12-01 12:00")))  # ends before 08:00 in New York
         async with running_daemon(window_settings(db_url, sim.base_url), clock=clock):
             done = await wait_for(repo, row.id, FINAL)
     assert done.status == "completed"
@@ -188,9 +185,8 @@ async def test_a_window_closing_with_no_next_one_expires_the_chunk(repo, db_url,
     contacts = write_contacts(tmp_path / "c.csv", numbers)
     clock = Clock(at("2026-12-01 12:00"))
     async with simulator() as sim:
-        row = await repo.create_campaign(NewCampaign(
-            name="paused too long", survey_id="77", instance_id="3", contacts_path=str(contacts),
-            start_at=at("2026-12-01 06:00"), end_at=at("2026-12-02 12:00")))
+        row = await repo.create_campaign(campaign(
+            contacts, name="paused too long", start_at=at("2026-12-01 06:00"), end_at=at("2026-12-02 12:00")))
         async with running_daemon(window_settings(db_url, sim.base_url), clock=clock):
             await until(lambda: _ingested(repo, row.id))
             await repo.change_status(row.id, CampaignStatus.PAUSED)
@@ -205,9 +201,8 @@ async def test_an_admins_edit_of_the_window_applies_to_unsent_chunks(repo, db_ur
     contacts = write_contacts(tmp_path / "c.csv", numbers)
     clock = Clock(at("2026-12-01 12:00"))
     async with simulator() as sim:
-        row = await repo.create_campaign(NewCampaign(
-            name="edited", survey_id="77", instance_id="3", contacts_path=str(contacts),
-            start_at=at("2026-12-01 06:00"), end_at=at("2026-12-03 06:00")))
+        row = await repo.create_campaign(campaign(
+            contacts, name="edited", start_at=at("2026-12-01 06:00"), end_at=at("2026-12-03 06:00")))
         async with running_daemon(window_settings(db_url, sim.base_url), clock=clock):
             await until(lambda: _window_of(repo, row.id, "America/New_York", at("2026-12-01 13:05")))
             # the admin narrows this campaign to 10:00-17:00 and excludes Tuesdays (Dec 1 is one)
@@ -229,9 +224,8 @@ async def test_campaign_timezone_policy_uses_one_zone_for_everyone(repo, db_url,
     contacts = write_contacts(tmp_path / "c.csv", numbers)
     clock = Clock(at("2026-12-01 15:26"))  # 09:26 in Chicago (the window opens within the lead), 05:26 in Honolulu
     async with simulator() as sim:
-        row = await repo.create_campaign(NewCampaign(
-            name="one zone", survey_id="77", instance_id="3", contacts_path=str(contacts),
-            start_at=at("2026-12-01 06:00"), end_at=at("2026-12-02 06:00"),
+        row = await repo.create_campaign(campaign(
+            contacts, name="one zone", start_at=at("2026-12-01 06:00"), end_at=at("2026-12-02 06:00"),
             calling_window_start="09:30", calling_window_end="17:00"))
         settings = window_settings(db_url, sim.base_url, campaign_timezone="America/Chicago",
                                    timezone_policy="campaign")
