@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
+import dataclasses
 import json
+import os
+import re
 import sys
+from datetime import datetime
 from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -144,26 +149,34 @@ async def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.sim_config:
         try:
             values.update(yaml_mapping(Path(args.sim_config)))
-        except (OSError, ValueError) as exc:
-            raise UserError(f"simulator config {args.sim_config}: {exc}") from None
+        except OSError as exc:
+            raise UserError(f"simulate --config: cannot read {args.sim_config}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise UserError(f"simulate --config: {args.sim_config}: {exc}") from None
     values.update({name: getattr(args, name) for name in SIMULATOR_FLAGS if getattr(args, name) is not None})
     try:
         sim_settings = SimulatorSettings.from_mapping(values)
     except (TypeError, ValueError) as exc:
-        raise UserError(f"simulator settings: {exc}") from None
+        known = ", ".join(f.name for f in dataclasses.fields(SimulatorSettings))
+        where = f"simulate --config: {args.sim_config}" if args.sim_config else "simulate"
+        raise UserError(f"{where}: {exc}; use only these keys: {known}") from None
     try:
         await serve_forever(sim_settings, args.host, args.port)
     except OSError as exc:
-        raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+        raise UserError(f"simulate: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; "
+                        "choose another --port or --host") from None
     return 0
 
 
 def yaml_mapping(path: Path) -> dict[str, Any]:
     import yaml
 
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"not valid YAML: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError("must be a mapping of keys")
+        raise ValueError("must be a mapping of keys, like `fail_rate: 0.1` on its own line")
     return data
 
 
@@ -202,6 +215,7 @@ def _add_campaign_commands(commands: Any) -> None:
         cmd.add_argument("--json", action="store_true", help="machine-readable output") if name == "show" else None
         if name == "export":
             cmd.add_argument("--out", required=True, metavar="FILE.csv")
+            cmd.add_argument("--force", action="store_true", help="overwrite FILE.csv if it exists")
         cmd.set_defaults(handler=handler)
 
 
@@ -242,22 +256,57 @@ async def cmd_db_current(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _new_campaign_from_args(args: argparse.Namespace, settings: Settings) -> NewCampaign:
-    problems: list[str] = []
-    start = end = None
-    for label, text in (("--start", args.start), ("--end", args.end)):
+# campaign_problems() names columns (an admin reads them in last_error); here the user typed flags.
+_FLAG_OF_COLUMN = {
+    "survey_id": "--survey-id",
+    "instance_id": "--instance-id",
+    "start_at": "--start",
+    "end_at": "--end",
+    "max_attempts": "--max-attempts",
+    "reattempt_wait": "--reattempt-wait",
+    "chunk_size": "--chunk-size",
+    "calling_window_start": "--calling-window",
+    "calling_window_end": "--calling-window",
+    "excluded_weekdays": "--excluded-weekdays",
+}
+# Not after a dot: submission.chunk_size is a config key, not the column.
+_COLUMN_NAME = re.compile(r"(?<![.\w])(" + "|".join(_FLAG_OF_COLUMN) + r")\b")
+# A column left empty takes the configured value; a flag is left out instead.
+_FLAG_WORDING = {"(or empty for the configured size)": "(or leave it out for the configured submission.chunk_size)"}
+
+
+def flag_problem(problem: str) -> str:
+    """A campaign_problems() line with every column name replaced by the flag that sets it."""
+    for column_words, flag_words in _FLAG_WORDING.items():
+        problem = problem.replace(column_words, flag_words)
+    return _COLUMN_NAME.sub(lambda match: _FLAG_OF_COLUMN[match.group(1)], problem)
+
+
+def when_problems(args: argparse.Namespace, now: datetime) -> tuple[datetime | None, datetime | None, list[str]]:
+    """--start and --end as instants; an end not after now would expire every chunk at once."""
+    parsed: dict[str, datetime | None] = {}
+    problems = []
+    for flag, text in (("--start", args.start), ("--end", args.end)):
         try:
-            value = parse_when(text)
+            parsed[flag] = parse_when(text)
         except ValueError as exc:
-            problems.append(f"{label}: {exc}")
-            continue
-        start, end = (value, end) if label == "--start" else (start, value)
+            parsed[flag] = None
+            problems.append(f"{flag}: {exc}")
+    end = parsed["--end"]
+    if end is not None and end <= now:
+        shown = end.isoformat() if args.end.strip() == end.isoformat() else f"{args.end.strip()} ({end.isoformat()})"
+        problems.append(f"--end: {shown} is in the past; a campaign must end in the future")
+    return parsed["--start"], end, problems
+
+
+def _new_campaign_from_args(args: argparse.Namespace, settings: Settings, now: datetime) -> NewCampaign:
+    start, end, problems = when_problems(args, now)
     contacts = Path(args.contacts).expanduser()
     if not contacts.is_file():
-        problems.append(f"--contacts: {contacts} does not exist or is not a file")
+        problems.append(f"--contacts: {contacts} does not exist or is not a file; give the path of the CSV file")
     bounds = WaitBounds(settings.insight.reattempt_wait_min_seconds, settings.insight.reattempt_wait_max_seconds)
     problems += [
-        "--" + p.replace("_", "-", 1).replace("_", "-")
+        flag_problem(p)
         for p in campaign_problems(
             survey_id=args.survey_id,
             instance_id=args.instance_id,
@@ -268,7 +317,7 @@ def _new_campaign_from_args(args: argparse.Namespace, settings: Settings) -> New
             chunk_size=args.chunk_size,
             bounds=bounds,
         )
-        if not (p.startswith(("start_at: must be set", "end_at: must be set")))
+        if p not in ("start_at: must be set", "end_at: must be set")  # unreadable: reported above
     ]
     window_start, window_end, window_problem = _window_from_args(args)
     problems += window_problem
@@ -311,7 +360,9 @@ def _window_from_args(args: argparse.Namespace) -> tuple[str | None, str | None,
 
 
 async def cmd_campaign_create(args: argparse.Namespace, settings: Settings) -> int:
-    new = _new_campaign_from_args(args, settings)
+    from .repository import utcnow
+
+    new = _new_campaign_from_args(args, settings, utcnow())
     async with _repository(settings) as repo:
         row = await repo.create_campaign(new)
     print(f"campaign {row.id} created ({row.status}): {row.name}")
@@ -377,18 +428,18 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     problems = []
     if args.contacts < 1:
-        problems.append("--contacts: must be >= 1")
+        problems.append(f"--contacts: must be >= 1 (got {args.contacts})")
     if args.rate <= 0:
-        problems.append("--rate: must be > 0")
+        problems.append(f"--rate: must be > 0 (got {args.rate})")
     if not 0 <= args.fail_rate < 1:
-        problems.append("--fail-rate: must be >= 0 and < 1")
+        problems.append(f"--fail-rate: must be >= 0 and < 1 (got {args.fail_rate})")
     if args.chunk_size < 1:
-        problems.append("--chunk-size: must be >= 1")
+        problems.append(f"--chunk-size: must be >= 1 (got {args.chunk_size})")
     window = args.calling_window or ("08:00-21:00" if args.timezone_policy else None)
     policy = args.timezone_policy or "recipient"
     problems += _demo_window_problems(window, policy, args.campaign_timezone)
     if problems:
-        raise UserError("\n".join(problems))
+        raise UserError("cannot run the demo:\n" + "\n".join(f"  {p}" for p in problems))
     options = DemoOptions(contacts=args.contacts, rate=args.rate, fail_rate=args.fail_rate,
                           chunk_size=args.chunk_size, keep=args.keep, callbacks=args.callbacks,
                           calling_window=window, timezone_policy=policy, campaign_timezone=args.campaign_timezone)
@@ -428,10 +479,9 @@ def _normalised_numbers(raw_numbers: list[str], settings: Settings) -> list[str]
     return numbers
 
 
-async def _suppress(settings: Settings, raw_numbers: list[str], reason: str | None, source: str) -> int:
+async def _suppress(settings: Settings, numbers: list[str], reason: str | None, source: str) -> int:
     from .repository import utcnow
 
-    numbers = _normalised_numbers(raw_numbers, settings)
     async with _repository(settings) as repo:
         added = await repo.add_suppressions(numbers, reason, source, utcnow())
     print(f"{added} number(s) added to the suppression list ({len(numbers) - added} already there); "
@@ -440,29 +490,117 @@ async def _suppress(settings: Settings, raw_numbers: list[str], reason: str | No
 
 
 async def cmd_suppress_add(args: argparse.Namespace, settings: Settings) -> int:
-    return await _suppress(settings, args.numbers, args.reason, "cli")
+    return await _suppress(settings, _normalised_numbers(args.numbers, settings), args.reason, "cli")
 
 
 async def cmd_suppress_import(args: argparse.Namespace, settings: Settings) -> int:
+    path = Path(args.file)
+    if not path.exists():
+        raise UserError(f"suppress import: {path} does not exist")
+    if path.is_dir():
+        raise UserError(f"suppress import: {path} is a directory; give a CSV file or a list of numbers")
+    numbers = _numbers_in_csv(path, settings)
+    if numbers is None:
+        numbers = _numbers_in_list(path, settings)
+    return await _suppress(settings, numbers, args.reason, f"import:{path.name}")
+
+
+def _numbers_in_csv(path: Path, settings: Settings) -> list[str] | None:
+    """Every number of the phone column, or None when no column is named like one (a plain list)."""
     from .contacts import ContactsFileError, iter_contacts
 
-    path = Path(args.file)
+    bad: dict[int, str] = {}
+    numbers = []
     try:
         _, contacts = iter_contacts(path, settings.contacts.phone_columns, settings.contacts.default_region)
-        raw = [c.raw_phone for c in contacts if c.raw_phone.strip()]
+        for contact in contacts:
+            if contact.phone is not None:
+                numbers.append(contact.phone)
+            elif contact.raw_phone.strip():  # a row without a number suppresses nothing
+                bad[contact.row_number] = contact.reason or "not a valid phone number"
     except ContactsFileError as exc:
-        if "no phone column" not in str(exc):
-            raise UserError(str(exc)) from None
-        raw = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
-    return await _suppress(settings, raw, args.reason, f"import:{path.name}")
+        if "no phone column" in str(exc):
+            return None
+        raise UserError("suppress import: " + str(exc).replace(f"contacts file {path}", str(path), 1)) from None
+    if bad:
+        lines = _line_numbers(path, set(bad))
+        _refuse_import(path, [(_where(lines.get(row), row), reason) for row, reason in bad.items()], "")
+    return numbers
+
+
+def _line_numbers(path: Path, rows: set[int]) -> dict[int, int]:
+    """Row number as iter_contacts counts rows (blank lines skipped) -> line of the file.
+
+    iter_contacts refuses a row that spans lines, so line 1 is the header and
+    every later line is one row or blank.
+    """
+    found: dict[int, int] = {}
+    row = 0
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        for line_number, text in enumerate(handle, 1):
+            if line_number == 1 or _is_blank(text):
+                continue
+            row += 1
+            if row in rows:
+                found[row] = line_number
+    return found
+
+
+def _where(line: int | None, row: int) -> str:
+    return f"line {line}" if line else f"data row {row}"
+
+
+def _is_blank(text: str) -> bool:
+    cells = next(csv.reader([text]), [])
+    return not cells or (len(cells) == 1 and not cells[0].strip())
+
+
+def _numbers_in_list(path: Path, settings: Settings) -> list[str]:
+    """One number per line; blank lines are skipped."""
+    from .phones import Normaliser
+
+    normalise = Normaliser(settings.contacts.default_region)
+    numbers, bad = [], []
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            for line_number, text in enumerate(handle, 1):
+                if not text.strip():
+                    continue
+                phone, reason = normalise(text.strip())
+                if phone is None:
+                    bad.append((f"line {line_number}", reason or "not a valid phone number"))
+                else:
+                    numbers.append(phone)
+    except UnicodeDecodeError:
+        raise UserError(f"suppress import: {path} is not UTF-8 text; save it as UTF-8") from None
+    columns = ", ".join(settings.contacts.phone_columns)
+    _refuse_import(path, bad, f"\n({path} was read as a list of numbers, one per line, because its first line "
+                              f"names no phone column: {columns})")
+    return numbers
+
+
+def _refuse_import(path: Path, bad: list[tuple[str, str]], note: str) -> None:
+    """Every bad number at once, by its line in the file; nothing is added."""
+    if bad:
+        lines = "\n".join(f"  {where}: {reason}" for where, reason in bad)
+        raise UserError(f"suppress import: nothing was added; fix these lines of {path} first:\n{lines}{note}")
 
 
 async def cmd_suppress_remove(args: argparse.Namespace, settings: Settings) -> int:
-    (number,) = _normalised_numbers([args.number], settings)
+    from .phones import Normaliser
+
+    number, reason = Normaliser(settings.contacts.default_region)(args.number)
+    if number is None:
+        detail = reason or ""
+        if detail.startswith("not a valid phone number"):
+            detail = f"read with contacts.default_region {settings.contacts.default_region}"
+        raise UserError(f"cannot remove: {args.number} is not a valid phone number ({detail}); "
+                        "write it as `insight-scheduler suppress list` shows it")
     async with _repository(settings) as repo:
         removed = await repo.remove_suppression(number)
     if not removed:
-        raise UserError(f"{number} is not on the suppression list")
+        raise UserError(f"cannot remove: {number} is not on the suppression list; "
+                        "`insight-scheduler suppress list` shows every number on it")
     print(f"{number} removed from the suppression list")
     return 0
 
@@ -497,12 +635,18 @@ async def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_campaign_export(args: argparse.Namespace, settings: Settings) -> int:
     from .export import write_export
 
+    out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out: {args.out} is a directory; give the path of the CSV file to write")
+    if os.path.lexists(out) and not args.force:
+        raise UserError(f"--out: {args.out} exists; add --force to overwrite")
     async with _repository(settings) as repo:
         await repo.get_campaign(args.id)
         try:
-            count = await write_export(repo, args.id, Path(args.out))
+            count = await write_export(repo, args.id, out)
         except OSError as exc:
-            raise UserError(f"--out: cannot write {args.out}: {exc.strerror or exc}") from None
+            raise UserError(f"--out: cannot write {args.out}: {exc.strerror or exc}; "
+                            "choose a file in a directory that exists and that you can write to") from None
     print(f"{count} contact(s) written to {args.out}")
     return 0
 

@@ -1,12 +1,15 @@
 """Validated settings: config.yaml, then environment overrides, then pydantic.
 
-Every problem is reported at once with its full key path
-(``submission.chunk_size: must be >= 1``). The developer key is a ``SecretStr``
+Every problem is reported at once with its full key path, the value and, for
+an environment override, the variable (``submission.chunk_size (from
+environment variable INSIGHT_SCHEDULER__SUBMISSION__CHUNK_SIZE): must be >= 1
+(got '0')``). The developer key is a ``SecretStr``
 so it never shows up in a repr, a log line or an error message.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -22,6 +25,7 @@ ENV_PREFIX = "INSIGHT_SCHEDULER__"
 DEVELOPER_KEY_ENV = "INSIGHT_DEVELOPER_KEY"
 CALLBACK_SECRET_ENV = "INSIGHT_CALLBACK_SECRET"
 DEFAULT_CONFIG_PATH = "config.yaml"
+_SECRET_VARIABLES = {DEVELOPER_KEY_ENV: ("insight", "developer_key"), CALLBACK_SECRET_ENV: ("callbacks", "secret")}
 DEFAULT_PHONE_COLUMNS = ["phone_number", "destination", "phone", "number"]
 
 
@@ -48,7 +52,10 @@ class InsightSettings(_Section):
     @model_validator(mode="after")
     def _wait_bounds(self) -> "InsightSettings":
         if self.reattempt_wait_max_seconds < self.reattempt_wait_min_seconds:
-            raise ValueError("reattempt_wait_max_seconds must be >= reattempt_wait_min_seconds")
+            raise ValueError(
+                f"reattempt_wait_max_seconds ({self.reattempt_wait_max_seconds}) must be >= "
+                f"reattempt_wait_min_seconds ({self.reattempt_wait_min_seconds}); raise the max or lower the min"
+            )
         return self
 
 
@@ -61,7 +68,10 @@ class RetrySettings(_Section):
     @model_validator(mode="after")
     def _backoff_bounds(self) -> "RetrySettings":
         if self.max_backoff_seconds < self.initial_backoff_seconds:
-            raise ValueError("max_backoff_seconds must be >= initial_backoff_seconds")
+            raise ValueError(
+                f"max_backoff_seconds ({self.max_backoff_seconds}) must be >= initial_backoff_seconds "
+                f"({self.initial_backoff_seconds}); raise the max or lower the initial backoff"
+            )
         return self
 
 
@@ -122,7 +132,10 @@ class ContactsSettings(_Section):
     @model_validator(mode="after")
     def _policy(self) -> "ContactsSettings":
         if self.timezone_policy == "campaign" and not self.campaign_timezone:
-            raise ValueError("campaign_timezone is required when timezone_policy is campaign")
+            raise ValueError(
+                "campaign_timezone is required when timezone_policy is campaign; "
+                "set campaign_timezone (e.g. America/Chicago) or use timezone_policy: recipient"
+            )
         return self
 
 
@@ -140,9 +153,14 @@ class CallbackSettings(_Section):
         if self.listen is not None:
             host, _, port = self.listen.rpartition(":")
             if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-                raise ValueError("listen must be host:port, e.g. 127.0.0.1:8080 (port 0: any free port)")
+                raise ValueError(
+                    f"listen must be host:port, e.g. 127.0.0.1:8080 (port 0: any free port) (got {self.listen!r})"
+                )
         if self.public_url and not self.secret.get_secret_value():
-            raise ValueError("secret is required when public_url is set (it signs the callback URLs)")
+            raise ValueError(
+                "secret is required when public_url is set (it signs the callback URLs); "
+                f"set callbacks.secret or {CALLBACK_SECRET_ENV}"
+            )
         return self
 
 
@@ -161,48 +179,101 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
 
 
-def _describe(error: Mapping[str, Any]) -> str:
+# Where a key's value came from when it was not the config file: key path -> variable name.
+EnvNames = Mapping[tuple[str, ...], str]
+
+_BOUNDS = {
+    "greater_than_equal": ("ge", ">="),
+    "greater_than": ("gt", ">"),
+    "less_than_equal": ("le", "<="),
+    "less_than": ("lt", "<"),
+}
+_TYPE_RULES = {
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string (in YAML, put it in quotes)",
+    "model_type": "must be a mapping of keys",
+    "model_attributes_type": "must be a mapping of keys",
+    "list_type": "must be a list",
+}
+# Values never echoed in a message: credentials, and a database URL may hold a password.
+_SECRET_KEYS = {"developer_key", "secret", "url"}
+
+
+def _rule(error: Mapping[str, Any]) -> str:
     kind, ctx = error["type"], error.get("ctx") or {}
-    bounds = {
-        "greater_than_equal": ("ge", ">="),
-        "greater_than": ("gt", ">"),
-        "less_than_equal": ("le", "<="),
-        "less_than": ("lt", "<"),
-    }
-    if kind in bounds:
-        key, op = bounds[kind]
+    if kind in _BOUNDS:
+        key, op = _BOUNDS[kind]
         return f"must be {op} {ctx[key]}"
-    messages = {
-        "extra_forbidden": "unknown key",
-        "missing": "required",
-        "int_parsing": "must be an integer",
-        "int_type": "must be an integer",
-        "int_from_float": "must be an integer",
-        "float_parsing": "must be a number",
-        "float_type": "must be a number",
-        "bool_parsing": "must be true or false",
-        "bool_type": "must be true or false",
-        "string_type": "must be a string",
-        "model_type": "must be a mapping of keys",
-        "model_attributes_type": "must be a mapping of keys",
-        "list_type": "must be a list",
-        "literal_error": f"must be one of {ctx.get('expected', '')}",
-        "string_too_short": "must not be empty" if ctx.get("min_length") == 1 else error["msg"].lower(),
-    }
-    if kind in messages:
-        return messages[kind]
-    return str(error["msg"]).removeprefix("Value error, ")
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}"
+    if kind == "string_too_short":
+        return "must not be empty" if ctx.get("min_length") == 1 else str(error["msg"]).lower()
+    if kind == "missing":
+        return "required"
+    return _TYPE_RULES.get(kind) or str(error["msg"]).removeprefix("Value error, ")
 
 
-def format_validation_error(exc: ValidationError) -> list[str]:
+def _describe(error: Mapping[str, Any]) -> str:
+    rule = _rule(error)
+    value = error.get("input")
+    shown = error["type"] in _BOUNDS or error["type"] in _TYPE_RULES or error["type"] == "literal_error"
+    secret = any(str(part) in _SECRET_KEYS for part in error["loc"])
+    if shown and not secret and isinstance(value, (str, int, float, bool)):
+        rule += f" (got {value!r})"
+    return rule
+
+
+def _known_keys(loc: tuple[str, ...]) -> list[str]:
+    """The keys a section at ``loc`` accepts (empty when ``loc`` names no section)."""
+    model: Any = Settings
+    for part in loc:
+        field = model.model_fields.get(part)
+        model = field.annotation if field else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return list(model.model_fields)
+
+
+def _unknown_key(loc: tuple[str, ...], env_names: EnvNames) -> str:
+    known = _known_keys(loc[:-1])
+    close = difflib.get_close_matches(loc[-1], known, n=1)
+    if close and loc in env_names:
+        return f"unknown key (did you mean {ENV_PREFIX}{'__'.join(loc[:-1] + tuple(close)).upper()}?)"
+    if close:
+        return f"unknown key (did you mean {close[0]}?)"
+    return f"unknown key; remove it (known keys here: {', '.join(known)})" if known else "unknown key; remove it"
+
+
+def _origin(loc: tuple[str, ...], env_names: EnvNames) -> str:
+    """' (from environment variable X)' when the environment set this key or a section holding it."""
+    for depth in range(len(loc), 0, -1):
+        if loc[:depth] in env_names:
+            return f" (from environment variable {env_names[loc[:depth]]})"
+    inside = sorted(name for path, name in env_names.items() if loc and path[: len(loc)] == loc)
+    if inside:
+        return f" (set partly by environment variable {', '.join(inside)})"
+    return ""
+
+
+def format_validation_error(exc: ValidationError, env_names: EnvNames | None = None) -> list[str]:
+    env_names = env_names or {}
     problems = []
     for err in exc.errors():
-        path = ".".join(str(part) for part in err["loc"]) or "(top level)"
-        problems.append(f"{path}: {_describe(err)}")
+        loc = tuple(str(part) for part in err["loc"])
+        rule = _unknown_key(loc, env_names) if err["type"] == "extra_forbidden" else _describe(err)
+        if err["type"] == "list_type" and loc in env_names:
+            rule += "; an environment variable cannot set a list: set it in the config file"
+        problems.append(f"{'.'.join(loc) or '(top level)'}{_origin(loc, env_names)}: {rule}")
     return problems
 
 
-def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     node = tree
     for part in path[:-1]:
         child = node.get(part)
@@ -213,40 +284,42 @@ def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
-def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """INSIGHT_SCHEDULER__SUBMISSION__CHUNK_SIZE=500 sets submission.chunk_size.
+def env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], tuple[str, str]]:
+    """Key path -> (variable, text) for every variable that sets a key.
 
-    Values are read as YAML scalars so numbers and booleans keep their type.
+    INSIGHT_SCHEDULER__SUBMISSION__CHUNK_SIZE=500 sets submission.chunk_size. The
+    text is passed on as it is: pydantic reads "500" as an integer where one is
+    expected, while a region "NO" or a username "007" stay the strings they are.
     """
-    merged = dict(raw)
+    found: dict[tuple[str, ...], tuple[str, str]] = {}
     for name, text in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in name[len(ENV_PREFIX):].split("__") if p]
-        if path:
-            _set_path(merged, path, _env_value(text))
-    if environ.get(DEVELOPER_KEY_ENV):
-        _set_path(merged, ["insight", "developer_key"], environ[DEVELOPER_KEY_ENV])
-    if environ.get(CALLBACK_SECRET_ENV):
-        _set_path(merged, ["callbacks", "secret"], environ[CALLBACK_SECRET_ENV])
+        if name.startswith(ENV_PREFIX):
+            path = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__") if p)
+            if path:
+                found[path] = (name, text)
+    for name, path in _SECRET_VARIABLES.items():
+        if environ.get(name):
+            found[path] = (name, environ[name])
+    return found
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    return _merged(raw, env_overrides(environ))
+
+
+def _merged(raw: dict[str, Any], overrides: Mapping[tuple[str, ...], tuple[str, str]]) -> dict[str, Any]:
+    merged = dict(raw)
+    for path, (_, text) in overrides.items():
+        _set_path(merged, path, text)
     return merged
 
 
-def _env_value(text: str) -> Any:
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-    # "0123" or "on" should not silently change meaning: keep non-scalars and
-    # empty values as the literal text.
-    return text if value is None or isinstance(value, (dict, list)) else value
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path, named_by: str = "") -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}"], source=str(path)) from None
+        hint = f"; check the path given by {named_by}" if named_by else ""
+        raise ConfigError([f"cannot read {path}: {exc.strerror or exc}{hint}"], source=str(path)) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -254,30 +327,43 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(["(top level): must be a mapping of keys"], source=str(path))
+        raise ConfigError(["(top level): must be a mapping of keys, like `submission:` on its own line"],
+                          source=str(path))
     return data
 
 
-def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> tuple[Path, bool]:
-    """Return the path and whether the user named it (a named file must exist)."""
+def resolve_config_path(cli_path: str | None, environ: Mapping[str, str]) -> tuple[Path, str]:
+    """The path, and who named it ("" for the default, which need not exist)."""
     if cli_path:
-        return Path(cli_path), True
+        return Path(cli_path), "--config"
     if environ.get(CONFIG_ENV):
-        return Path(environ[CONFIG_ENV]), True
-    return Path(DEFAULT_CONFIG_PATH), False
+        return Path(environ[CONFIG_ENV]), CONFIG_ENV
+    return Path(DEFAULT_CONFIG_PATH), ""
 
 
-def build_settings(raw: dict[str, Any], source: str = "config") -> Settings:
+def build_settings(raw: dict[str, Any], source: str = "config", env_names: EnvNames | None = None) -> Settings:
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc), source=source) from None
+        from_env = [_set_by_env(err["loc"], env_names or {}) for err in exc.errors()]
+        if all(from_env):
+            source = "environment"
+        elif any(from_env):
+            source += " and environment"
+        raise ConfigError(format_validation_error(exc, env_names), source=source) from None
+
+
+def _set_by_env(loc: tuple[Any, ...], env_names: EnvNames) -> bool:
+    path = tuple(str(part) for part in loc)
+    return any(path[:depth] in env_names for depth in range(1, len(path) + 1))
 
 
 def load_settings(cli_path: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
     environ = os.environ if environ is None else environ
-    path, named = resolve_config_path(cli_path, environ)
+    path, named_by = resolve_config_path(cli_path, environ)
     raw: dict[str, Any] = {}
-    if path.exists() or named:
-        raw = read_yaml(path)
-    return build_settings(apply_env_overrides(raw, environ), source=str(path))
+    if path.exists() or named_by:
+        raw = read_yaml(path, named_by)
+    overrides = env_overrides(environ)
+    env_names = {key: name for key, (name, _) in overrides.items()}
+    return build_settings(_merged(raw, overrides), source=str(path), env_names=env_names)

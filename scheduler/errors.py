@@ -33,6 +33,10 @@ class NotFound(UserError):
     """A campaign, chunk or other row named by the user does not exist."""
 
 
+class CampaignGone(SchedulerError):
+    """An admin deleted the campaign's row while the daemon worked on it."""
+
+
 class InvalidRequest(SchedulerError):
     """A bulk_queue request broke the API's own rules; nothing was sent."""
 

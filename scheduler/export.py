@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .contacts import unpack_extra
 from .repository import Repository
@@ -27,15 +29,31 @@ def neutralise(cell: Any) -> str:
 
 
 async def write_export(repo: Repository, campaign_id: int, path: Path) -> int:
+    """Write beside ``path`` and rename over it: a failed export leaves no half-written file."""
     campaign = await repo.get_campaign(campaign_id)
     extra_names = json.loads(campaign.contacts_header or '{"extra": []}')["extra"]
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    # O_EXCL: never write through a file or link that is already there; mode 0o666 keeps the umask's say.
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(descriptor, "w", newline="", encoding="utf-8") as handle:
+            count = await _write_rows(handle, repo, campaign_id, extra_names)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return count
+
+
+async def _write_rows(handle: TextIO, repo: Repository, campaign_id: int, extra_names: list[str]) -> int:
+    writer = csv.writer(handle)
+    writer.writerow(COLUMNS + [neutralise(name) for name in extra_names])
     count = 0
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMNS + [neutralise(name) for name in extra_names])
-        async for row in repo.export_rows(campaign_id):
-            writer.writerow(export_line(row, len(extra_names)))
-            count += 1
+    async for row in repo.export_rows(campaign_id):
+        writer.writerow(export_line(row, len(extra_names)))
+        count += 1
     return count
 
 

@@ -175,7 +175,8 @@ _process_state: dict[str, object] = {}  # a worker process serves one ingestion 
 def _child_open(state: dict | None, path: str, candidates: list[str], region: str, chunk_size: int,
                 plan: WindowPlan | None) -> ContactsHeader:
     normaliser = Normaliser(region)  # shared: the time-zone lookup reuses the number types it works out
-    header, rows = iter_contacts(Path(path), candidates, region, normaliser)
+    header, rows = iter_contacts(Path(path), candidates, region, normaliser,
+                                 cwd_name="the daemon's working directory")
     assigner = ChunkAssigner(chunk_size, plan, zones=ZoneLookup(normaliser))
     (_process_state if state is None else state).update(rows=rows, assigner=assigner)
     return header
@@ -188,7 +189,10 @@ def _child_next(state: dict | None) -> tuple[list[NewChunk], list[ContactTuple]]
 
 def _child_counts(state: dict | None) -> dict[str, int]:
     state = _process_state if state is None else state
-    return dict(state["assigner"].counts)  # type: ignore[attr-defined]
+    counts = dict(state["assigner"].counts)  # type: ignore[attr-defined]
+    # With the header line, these account for every line of the file (multi-line records are refused).
+    counts["blank_lines"] = state["rows"].blank_lines  # type: ignore[attr-defined]
+    return counts
 
 
 class _Reader:

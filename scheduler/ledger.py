@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, case, func, insert, literal, select, update
+from sqlalchemy import Integer, String, case, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 
 from .chunking import halves
 from .models import (
+    FINAL_CAMPAIGN_STATUSES,
     Campaign,
     Outcome,
     CampaignStatus,
@@ -37,6 +38,11 @@ from .models import (
 from .retry import NextStep, Step, stop_splitting
 
 OPEN_CHUNK = (ChunkStatus.PENDING.value, ChunkStatus.SUBMITTING.value)
+FINAL_STATUSES = tuple(sorted(s.value for s in FINAL_CAMPAIGN_STATUSES))
+# On SQLite a time an admin wrote that denotes no instant stays as written
+# (models.UnreadableTime); such a row must never match a time comparison.
+CANONICAL_TIME_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*"
+ENDED_REASON = "still unsent at the campaign's end_at"
 
 
 @dataclass(frozen=True)
@@ -82,12 +88,51 @@ class ClaimTimes:
     open_until: datetime  # ... and only while it stays open until at least this (now + MIN_WINDOW)
 
 
+def readable(conn: Connection, column: Any) -> Any:
+    """SQL: this time column holds an instant (always true on PostgreSQL's timestamptz)."""
+    if is_postgres(conn):
+        return literal(True)
+    return column.op("GLOB")(literal(CANONICAL_TIME_GLOB, String()))
+
+
+def close_unsent(conn: Connection, campaign_ids: Any, status: ChunkStatus, reason: str | None,
+                 now: datetime) -> set[int]:
+    """The one way unsent chunks end without a request (cancel, stop, end_at): the chunks and
+    their pending contacts take ``status``. Returns the campaigns touched."""
+    closed = conn.execute(
+        update(Chunk)
+        .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.campaign_id.in_(campaign_ids))
+        .values(status=status.value, finished_at=now, updated_at=now, last_error=reason)
+        .returning(Chunk.id, Chunk.campaign_id)
+    ).all()
+    chunk_ids = [chunk_id for chunk_id, _ in closed]
+    for start in range(0, len(chunk_ids), 500):
+        conn.execute(
+            update(Contact)
+            .where(Contact.chunk_id.in_(chunk_ids[start:start + 500]), Contact.status == ContactStatus.PENDING.value)
+            .values(status=status.value)
+        )
+    return {campaign_id for _, campaign_id in closed}
+
+
+def close_stopped_and_ended(conn: Connection, now: datetime) -> set[int]:
+    """Unsent chunks of campaigns that are over: stopped (cancelled, failed, or set final by an
+    admin) become cancelled; past their end_at become expired."""
+    touched: set[int] = set()
+    for status in FINAL_STATUSES:
+        stopped = select(Campaign.id).where(Campaign.status == status)
+        touched |= close_unsent(conn, stopped, ChunkStatus.CANCELLED, f"the campaign is {status}", now)
+    ended = select(Campaign.id).where(Campaign.end_at <= now, readable(conn, Campaign.end_at))
+    return touched | close_unsent(conn, ended, ChunkStatus.EXPIRED, ENDED_REASON, now)
+
+
 def claim_next(
     conn: Connection, worker: str, times: ClaimTimes, after_campaign_id: int, recent_since: datetime | None = None,
 ) -> ClaimedChunk | None:
     """Take the next ready chunk, round-robin over campaigns (the caller's transaction is the lock)."""
     now = times.now
-    query = _ready_chunks(times, after_campaign_id)
+    query = _ready_chunks(times, after_campaign_id).where(
+        readable(conn, Campaign.start_at), readable(conn, Campaign.end_at))
     if is_postgres(conn):
         query = query.with_for_update(skip_locked=True, of=Chunk)
     while True:
@@ -354,7 +399,7 @@ def refresh(conn: Connection, campaign_id: int, now: datetime) -> None:
     )
     status = finished_status(campaign.status, campaign.ingested_at, campaign.contacts_valid, counts)
     if status is not None:
-        values.update(status=status, finished_at=now)
+        values.update(status=status, finished_at=now)  # status_seen stays: the tick logs the finish
         if status == CampaignStatus.COMPLETED_WITH_ERRORS.value and not campaign.last_error:
             values["last_error"] = summarize_errors(counts, campaign.contacts_valid)
     conn.execute(update(Campaign).where(Campaign.id == campaign_id).values(**values))

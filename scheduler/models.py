@@ -1,13 +1,18 @@
 """Tables. Column names of ``campaigns`` are a contract: admins edit those rows.
 
-Times are stored as UTC without a zone, so an admin can write
-``'2026-12-01 14:00:00'`` in SQLite or PostgreSQL and mean UTC; Python always
-sees aware UTC datetimes.
+Times are instants. PostgreSQL stores them as ``timestamptz``, so an offset
+or an admin's session ``TIME ZONE`` is honoured. SQLite stores canonical UTC
+text (``YYYY-MM-DD HH:MM:SS.ffffff``) so that text comparisons in SQL order
+instants correctly; triggers (migration 0006, ``scheduler/sqltime.py``)
+rewrite whatever form an admin writes into that form on commit. A value no
+form matches is left as written and read back as ``UnreadableTime``, so the
+daemon can name it in ``last_error`` instead of crashing on it.
 """
 
 from __future__ import annotations
 
 import enum
+import re
 from datetime import datetime, timezone
 
 from sqlalchemy import (
@@ -25,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -39,10 +44,19 @@ NAMING_CONVENTION = {
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 SQLITE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+# What SQLite holds once the triggers have run (the daemon writes 6 fraction digits).
+_CANONICAL = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(?:\.\d{1,6})?")
+# Server-side "now" for columns an admin's plain INSERT leaves out (SQLite's
+# CURRENT_TIMESTAMP is UTC; the trigger makes it canonical).
+NOW_DEFAULT = text("CURRENT_TIMESTAMP")
+
+
+class UnreadableTime(str):
+    """A time column's stored text that denotes no instant (an admin's typo in SQLite)."""
 
 
 def parse_db_time(value: str) -> datetime:
-    """Read what an admin or the daemon wrote: '2026-12-01 14:00:00', ISO 'T', offsets."""
+    """A time given as text to the daemon: '2026-12-01 14:00:00' (UTC), ISO 'T', 'Z', offsets."""
     text_value = value.strip().replace("Z", "+00:00")
     parsed = datetime.fromisoformat(text_value)
     if parsed.tzinfo is None:
@@ -50,20 +64,26 @@ def parse_db_time(value: str) -> datetime:
     return parsed.astimezone(timezone.utc)
 
 
-class UTCDateTime(TypeDecorator):
-    """Aware UTC in Python, naive UTC in the database.
+def read_sqlite_time(value: str) -> datetime | UnreadableTime:
+    """Only the canonical form is an instant: it is the only form SQL comparisons order right."""
+    if not _CANONICAL.fullmatch(value):
+        return UnreadableTime(value)
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return UnreadableTime(value)
 
-    On SQLite the value is text in one fixed format, so the daemon's own
-    comparisons in SQL (lease expiry, next attempt) sort correctly.
-    """
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC in Python; ``timestamptz`` on PostgreSQL, canonical UTC text on SQLite."""
 
     impl = DateTime
     cache_ok = True
 
-    def load_dialect_impl(self, dialect: Dialect):
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine:
         if dialect.name == "sqlite":
             return dialect.type_descriptor(String(32))
-        return dialect.type_descriptor(DateTime(timezone=False))
+        return dialect.type_descriptor(DateTime(timezone=True))
 
     def process_bind_param(self, value, dialect: Dialect):
         if value is None:
@@ -72,14 +92,16 @@ class UTCDateTime(TypeDecorator):
             value = parse_db_time(value)
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        naive = value.astimezone(timezone.utc).replace(tzinfo=None)
-        return naive.strftime(SQLITE_FORMAT) if dialect.name == "sqlite" else naive
+        utc = value.astimezone(timezone.utc)
+        return utc.replace(tzinfo=None).strftime(SQLITE_FORMAT) if dialect.name == "sqlite" else utc
 
     def process_result_value(self, value, dialect: Dialect):
         if value is None:
             return None
+        if isinstance(value, (int, float)):  # SQLite: a number the triggers could not read
+            return UnreadableTime(str(value))
         if isinstance(value, str):
-            return parse_db_time(value)
+            return read_sqlite_time(value)
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
@@ -95,6 +117,9 @@ class CampaignStatus(str, enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+
+# What an admin writes (CLI or SQL); the others are the daemon's to write.
+ADMIN_STATUSES = ("draft", "scheduled", "paused", "cancelled")
 
 FINAL_CAMPAIGN_STATUSES = frozenset(
     {CampaignStatus.COMPLETED, CampaignStatus.COMPLETED_WITH_ERRORS, CampaignStatus.FAILED, CampaignStatus.CANCELLED}
@@ -170,8 +195,12 @@ class Campaign(Base):
     calling_window_start: Mapped[str | None] = mapped_column(String(8))
     calling_window_end: Mapped[str | None] = mapped_column(String(8))
     excluded_weekdays: Mapped[str | None] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
-    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, server_default=NOW_DEFAULT)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, onupdate=_now,
+                                                 server_default=NOW_DEFAULT)
+    # The status the daemon last saw (daemon-owned): a change it did not make itself
+    # (an admin's CLI command or SQL edit) is logged once, by one daemon.
+    status_seen: Mapped[str | None] = mapped_column(String(32))
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     ingested_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -309,7 +338,7 @@ class Suppression(Base):
 
     number: Mapped[str] = mapped_column(String(32), primary_key=True)  # E.164
     reason: Mapped[str | None] = mapped_column(Text)
-    added_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    added_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, server_default=NOW_DEFAULT)
     source: Mapped[str | None] = mapped_column(String(200))
 
 
@@ -321,3 +350,22 @@ class RecentCall(Base):
     number: Mapped[str] = mapped_column(String(32), primary_key=True)  # E.164
     campaign_id: Mapped[int] = mapped_column(Integer)
     queued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class CampaignDeletion(Base):
+    """A campaign row an admin deleted (written by a trigger), until a daemon has logged it.
+
+    A campaign with submissions cannot be deleted (its ledger would go with it);
+    one without loses its chunks and contacts with it, and this row says how many.
+    """
+
+    __tablename__ = "campaign_deletions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str | None] = mapped_column(String(32))
+    chunks_unsent: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    contacts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, server_default=NOW_DEFAULT)
+    reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -10,6 +10,8 @@ look at the first digits only (area code, exchange, and for a few ranges one
 digit more). So validity is cached per 7-digit prefix, computed once with the
 full pipeline. ``tests/unit/test_phones.py`` checks fast == full on a large
 generated corpus that includes every NANP area code and the edge ranges.
+Anything else (an extension such as ``x12``, ``#12`` or ``;ext=12``
+included) takes the full pipeline, which refuses extensions.
 """
 
 from __future__ import annotations
@@ -35,14 +37,24 @@ def full_normalise(raw: str, region: str) -> tuple[str | None, str | None]:
     if not text:
         return None, "no phone number"
     if text[:4].lower() == "tel:":
-        text = text[4:].split(";", 1)[0]
+        # phonenumbers refuses most URI parameters; ext= is kept so that it is seen.
+        number_part, *params = text[4:].split(";")
+        text = number_part + "".join(";" + p for p in params if p[:4].lower() == "ext=")
     try:
         number = phonenumbers.parse(text, region)
     except NumberParseException as exc:
         return None, f"cannot parse {raw!r}: {exc._msg}"
     if not phonenumbers.is_valid_number(number):
         return None, f"not a valid phone number: {raw!r}"
+    if number.extension:
+        return None, extension_reason(number.extension)
     return phonenumbers.format_number(number, PhoneNumberFormat.E164), None
+
+
+def extension_reason(extension: str) -> str:
+    # Plum is sent the E.164 number alone: queuing the main number would drop the extension unseen.
+    return (f"has an extension (x{extension}): Plum dials the main number only; "
+            "put the extension in another column or remove it")
 
 
 @lru_cache(maxsize=None)

@@ -8,10 +8,13 @@ from rich.console import Console
 from rich.table import Table
 
 from . import windows
+from .models import UnreadableTime
 from .repository import CampaignReport, ZoneSummary
 
 
 def fmt_time(value: Any) -> str:
+    if isinstance(value, UnreadableTime):
+        return f"{str(value)!r} (not a time: see last_error)"
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 

@@ -15,15 +15,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .db import READ_ONLY, create_sync_sqlite_engine, describe_connect_error
-from .errors import DatabaseError, NotFound, UserError
+from .errors import CampaignGone, DatabaseError, NotFound, UserError
 from .models import (
     FINAL_CAMPAIGN_STATUSES,
     Campaign,
+    CampaignDeletion,
     CampaignStatus,
     Chunk,
     CallResult,
@@ -214,15 +215,12 @@ class AdminQueries:
                 )
             row.status = target.value
             if target is CampaignStatus.CANCELLED:
-                await self._cancel_open_chunks(session, campaign_id)
+                await session.flush()
+                now = utcnow()
+                await (await session.connection()).run_sync(
+                    ledger.close_unsent, [campaign_id], ChunkStatus.CANCELLED, "the campaign is cancelled", now)
+                await self._refresh(session, campaign_id, now)
         return row
-
-    async def _cancel_open_chunks(self, session: AsyncSession, campaign_id: int) -> None:
-        await session.execute(
-            update(Chunk)
-            .where(Chunk.campaign_id == campaign_id, Chunk.status == ChunkStatus.PENDING.value)
-            .values(status=ChunkStatus.CANCELLED.value, finished_at=utcnow(), updated_at=utcnow())
-        )
 
     async def campaign_report(self, campaign_id: int) -> CampaignReport:
         campaign = await self.get_campaign(campaign_id)
@@ -347,23 +345,7 @@ class DaemonQueries:
     async def housekeeping(self, now: datetime) -> None:
         """Honour admins' edits and the clock: cancel, expire, refresh counters, finish."""
         async with self._write() as session:
-            cancelled = select(Campaign.id).where(Campaign.status == CampaignStatus.CANCELLED.value)
-            ended = select(Campaign.id).where(Campaign.end_at <= now)
-            touched: set[int] = set()
-            for campaigns, status, reason in (
-                (cancelled, ChunkStatus.CANCELLED.value, None),
-                (ended, ChunkStatus.EXPIRED.value, "still unsent at the campaign's end_at"),
-            ):
-                closed = (
-                    await session.execute(
-                        update(Chunk)
-                        .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.campaign_id.in_(campaigns))
-                        .values(status=status, finished_at=now, updated_at=now, last_error=reason)
-                        .returning(Chunk.id, Chunk.campaign_id)
-                    )
-                ).all()
-                await _set_contact_status(session, [chunk_id for chunk_id, _ in closed], status)
-                touched.update(campaign_id for _, campaign_id in closed)
+            touched = await (await session.connection()).run_sync(ledger.close_stopped_and_ended, now)
             running = await session.scalars(
                 select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING.value,
                                           Campaign.ingested_at.is_not(None))
@@ -421,11 +403,8 @@ class DaemonQueries:
                     )
                 )
             ).all()
-        return [
-            row for row in rows
-            if (row.status == CampaignStatus.SCHEDULED.value and row.start_at <= now)
-            or (row.status == CampaignStatus.RUNNING.value and _ingestion_abandoned(row, now, worker))
-        ]
+        return [row for row in rows if isinstance(row.start_at, datetime) and row.start_at <= now and (
+            row.status == CampaignStatus.SCHEDULED.value or _ingestion_abandoned(row, now, worker))]
 
     async def claim_campaign(self, campaign_id: int, worker: str, now: datetime, lease_until: datetime) -> Campaign | None:
         """Move a due campaign to running; whoever gets the row ingests it."""
@@ -434,11 +413,11 @@ class DaemonQueries:
             if row is None:
                 return None
             takeover = row.status == CampaignStatus.RUNNING.value and row.ingested_at is None and (
-                _ingestion_abandoned(row, now, worker)
+                isinstance(row.start_at, datetime) and row.start_at <= now and _ingestion_abandoned(row, now, worker)
             )
             if not (row.status == CampaignStatus.SCHEDULED.value or takeover):
                 return None
-            row.status = CampaignStatus.RUNNING.value
+            row.status = row.status_seen = CampaignStatus.RUNNING.value
             row.started_at = row.started_at or now
             row.finished_at = None
             row.last_error = None  # a resume means the admin dealt with it
@@ -456,13 +435,53 @@ class DaemonQueries:
             )
 
     async def fail_campaign(self, campaign_id: int, error: str, now: datetime) -> None:
+        """The campaign cannot go on (its row or file is unusable); its unsent chunks are cancelled."""
         async with self._write() as session:
             await session.execute(
                 update(Campaign)
                 .where(Campaign.id == campaign_id)
-                .values(status=CampaignStatus.FAILED.value, last_error=error, finished_at=now,
-                        lease_owner=None, lease_expires_at=None, updated_at=now)
+                .values(status=CampaignStatus.FAILED.value, status_seen=CampaignStatus.FAILED.value,
+                        last_error=error, finished_at=now, lease_owner=None, lease_expires_at=None, updated_at=now)
             )
+            conn = await session.connection()
+            await conn.run_sync(ledger.close_unsent, [campaign_id], ChunkStatus.CANCELLED, error, now)
+            await self._refresh(session, campaign_id, now)
+
+    # -- campaigns: what admins changed ----------------------------------------------
+
+    async def campaigns_to_review(self) -> Sequence[Campaign]:
+        """Campaigns not yet final, and any whose status changed since a daemon last looked."""
+        async with self._read() as session:
+            return (await session.scalars(select(Campaign).where(
+                Campaign.status.not_in(ledger.FINAL_STATUSES) | Campaign.status_seen.is_(None)
+                | (Campaign.status_seen != Campaign.status)).order_by(Campaign.id))).all()
+
+    async def see_status(self, campaign_id: int, seen: str | None, status: str) -> bool:
+        """Record that a daemon saw ``status``; True for the one daemon that records it (it logs)."""
+        was = Campaign.status_seen.is_(None) if seen is None else Campaign.status_seen == seen
+        async with self._write() as session:
+            result = await session.execute(
+                update(Campaign).where(Campaign.id == campaign_id, Campaign.status == status, was).values(
+                    status_seen=status,
+                    last_error=case((Campaign.last_error.like("unknown status %"), None), else_=Campaign.last_error)))
+        return bool(result.rowcount)
+
+    async def flag_campaign(self, campaign_id: int, problem: str) -> bool:
+        """Put ``problem`` in last_error; True when it was not there already (so it is logged once)."""
+        async with self._write() as session:
+            result = await session.execute(
+                update(Campaign).where(Campaign.id == campaign_id,
+                                       (Campaign.last_error.is_(None)) | (Campaign.last_error != problem))
+                .values(last_error=problem))
+        return bool(result.rowcount)
+
+    async def take_deletions(self, now: datetime) -> Sequence[CampaignDeletion]:
+        """Campaign rows deleted since a daemon last looked (recorded by a trigger); each is
+        returned to one daemon only."""
+        async with self._write() as session:
+            return (await session.scalars(
+                update(CampaignDeletion).where(CampaignDeletion.reported_at.is_(None))
+                .values(reported_at=now).returning(CampaignDeletion))).all()
 
     async def clear_ingestion(self, campaign_id: int) -> None:
         """Remove what a dead ingestion left behind; nothing of it was ever sent."""
@@ -481,6 +500,7 @@ class DaemonQueries:
         """
         async with self._write() as session:
             now = utcnow()
+            await _still_there(session, campaign_id)
             if new_chunks:
                 await session.execute(
                     insert(Chunk),
@@ -549,7 +569,7 @@ class DaemonQueries:
                                       lease_owner=None, lease_expires_at=None)
         if expired_at is not None:
             values.update(status=ChunkStatus.EXPIRED.value, finished_at=expired_at,
-                          last_error="still unsent at the campaign's end_at")
+                          last_error=ledger.ENDED_REASON)
         async with self._write() as session:
             await session.execute(delete(Submission).where(Submission.id == claim.submission_id))
             await session.execute(
@@ -630,18 +650,19 @@ class DaemonQueries:
         await (await session.connection()).run_sync(ledger.refresh, campaign_id, now)
 
 
-async def _set_contact_status(session: AsyncSession, chunk_ids: list[int], status: str) -> None:
-    for start in range(0, len(chunk_ids), 500):
-        await session.execute(
-            update(Contact)
-            .where(Contact.chunk_id.in_(chunk_ids[start:start + 500]), Contact.status == ContactStatus.PENDING.value)
-            .values(status=status)
-        )
-
-
 def _ingestion_abandoned(row: Campaign, now: datetime, worker: str) -> bool:
     """Its ingester's lease ran out, or it was us before a restart."""
     return row.lease_owner in (None, worker) or row.lease_expires_at is None or row.lease_expires_at < now
+
+
+async def _still_there(session: AsyncSession, campaign_id: int) -> None:
+    """Raise CampaignGone when an admin deleted the row; on PostgreSQL the row is locked
+    against deletion until this transaction ends, so nothing written here is orphaned."""
+    query = select(Campaign.id).where(Campaign.id == campaign_id)
+    if _pg_only(session):
+        query = query.with_for_update(key_share=True)
+    if await session.scalar(query) is None:
+        raise CampaignGone(f"campaign {campaign_id} was deleted")
 
 
 def _pg_only(session: AsyncSession) -> bool:

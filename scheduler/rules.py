@@ -10,8 +10,14 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from . import windows
+from .models import ADMIN_STATUSES, CampaignStatus
 
 MAX_ATTEMPTS_RANGE = (1, 10)
+TIME_FORMS = (
+    "write UTC as 'YYYY-MM-DD HH:MM:SS', or ISO 8601 with an offset ('2026-12-01T09:00:00-05:00', '...Z'), "
+    "or Unix seconds (1796137200)"
+)
+KNOWN_STATUSES = frozenset(s.value for s in CampaignStatus)
 
 
 @dataclass(frozen=True)
@@ -39,10 +45,7 @@ def campaign_problems(
         problems.append("survey_id: must not be empty")
     if not (instance_id or "").strip():
         problems.append("instance_id: must not be empty")
-    if start_at is None:
-        problems.append("start_at: must be set")
-    if end_at is None:
-        problems.append("end_at: must be set")
+    start_at, end_at = _instant("start_at", start_at, problems), _instant("end_at", end_at, problems)
     if start_at is not None and end_at is not None and end_at <= start_at:
         problems.append("end_at: must be after start_at")
     problems.extend(attempt_problems(max_attempts, reattempt_wait, bounds))
@@ -50,6 +53,25 @@ def campaign_problems(
         problems.append("chunk_size: must be an integer >= 1 (or empty for the configured size)")
     problems.extend(window_problems(calling_window_start, calling_window_end, excluded_weekdays))
     return problems
+
+
+def _instant(column: str, value: object, problems: list[str]) -> datetime | None:
+    """The value when it is an instant; otherwise None, with the problem named (SQLite keeps what
+    an admin wrote when it denotes no time: models.UnreadableTime)."""
+    if value is None:
+        problems.append(f"{column}: must be set")
+        return None
+    if isinstance(value, datetime):
+        return value
+    problems.append(f"{column}: {str(value)!r} is not a time; {TIME_FORMS}")
+    return None
+
+
+def status_problem(status: str) -> str | None:
+    """A status the daemon does not know is named, never guessed ('Scheduled', ' scheduled')."""
+    if status in KNOWN_STATUSES:
+        return None
+    return f"unknown status {status!r}: use one of {', '.join(ADMIN_STATUSES)}"
 
 
 def window_problems(start: str | None, end: str | None, excluded_weekdays: str | None) -> list[str]:

@@ -18,10 +18,10 @@ from typing import Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import db, windows
+from . import campaign_review, db, windows
 from .config import Settings, load_settings
 from .dispatcher import Dispatcher
-from .errors import ConfigError, DatabaseError, UserError
+from .errors import CampaignGone, ConfigError, DatabaseError, UserError
 from .metrics import Metrics
 from .ingest import ingest_campaign, replan_window
 from .insight import InsightClient
@@ -29,6 +29,7 @@ from .logs import SecretFilter, configure_logging
 from .models import Campaign
 from .phones import warm_up
 from .repository import Repository, WindowMove, utcnow
+from .rules import status_problem
 from .web import WebServer, tick_is_recent
 
 log = logging.getLogger("scheduler.service")
@@ -188,6 +189,7 @@ class Daemon:
     async def _tick(self) -> None:
         assert self.repo is not None and self.dispatcher is not None
         now = self.clock()
+        await self._review_campaigns(now)
         await self.repo.abandon_submitting(None, now)
         await self.repo.housekeeping(now)
         await self._roll_windows(now)
@@ -204,6 +206,36 @@ class Daemon:
         self.dispatcher.wake()
         await self.repo.heartbeat(self.worker, now)
         await self._update_metrics(now)
+
+    async def _review_campaigns(self, now: datetime) -> None:
+        """What admins did since the last tick, each logged once by one daemon: deleted rows,
+        status changes, unknown statuses, rows the daemon cannot use (failed, naming the value)."""
+        assert self.repo is not None
+        for gone in await self.repo.take_deletions(now):
+            log.warning("%s", campaign_review.deletion_message(gone))
+        for row in await self.repo.campaigns_to_review():
+            try:
+                await self._review(row, now)
+            except (DatabaseError, SQLAlchemyError, OSError):
+                raise
+            except Exception:  # noqa: BLE001 - one row must never stop the others
+                log.exception("campaign %s: could not be checked", row.id)
+
+    async def _review(self, row: Campaign, now: datetime) -> None:
+        assert self.repo is not None
+        unknown = status_problem(row.status)
+        if unknown:
+            if await self.repo.flag_campaign(row.id, unknown):
+                log.warning("campaign %s (%s): %s; it is left alone until its status is fixed", row.id, row.name,
+                            unknown)
+            return
+        if row.status != row.status_seen and await self.repo.see_status(row.id, row.status_seen, row.status):
+            log.info("%s", campaign_review.status_message(row))
+        problems = campaign_review.problems(row, self.settings, now)
+        if problems:
+            error = "invalid campaign row: " + "; ".join(problems)
+            await self.repo.fail_campaign(row.id, error, now)
+            log.warning("campaign %s (%s) failed: %s", row.id, row.name, error)
 
     async def _roll_windows(self, now: datetime) -> None:
         """Unsent chunks follow their rule: a window that closed unsent moves to the next one
@@ -266,6 +298,9 @@ class Daemon:
     def _ingested(self, campaign_id: int, task: asyncio.Task[bool]) -> None:
         self._ingesting.pop(campaign_id, None)
         if task.cancelled():
+            return
+        if isinstance(task.exception(), CampaignGone):
+            log.warning("campaign %s: deleted while its contacts were being read; ingestion stopped", campaign_id)
             return
         if task.exception() is not None:
             log.error("campaign %s: ingestion failed unexpectedly", campaign_id, exc_info=task.exception())

@@ -58,5 +58,5 @@ async def test_a_file_that_turns_bad_midway_fails_cleanly(repo, tmp_path, monkey
     ok = await ingest.ingest_campaign(repo, campaign, Settings(), "w", lambda: datetime.now(timezone.utc))
     row = await repo.get_campaign(campaign.id)
     assert not ok and row.status == "failed"
-    assert "is not UTF-8 text after row" in row.last_error
+    assert "is not UTF-8 text at line 9002 " in row.last_error
     assert await rows(repo, "SELECT id FROM contacts WHERE campaign_id = :id", id=campaign.id) == []

@@ -46,6 +46,44 @@ def test_invalid_numbers_say_why(raw, reason):
 
 
 @pytest.mark.parametrize(
+    "raw, extension",
+    [
+        ("617-200-0000 x12", "12"),
+        ("617-200-0000 X12", "12"),
+        ("617-200-0000 ext. 12", "12"),
+        ("617-200-0000 ext 12", "12"),
+        ("617-200-0000 extension 12", "12"),
+        ("617-200-0000 #12", "12"),
+        ("617-200-0000#12", "12"),
+        ("617-200-0000;ext=12", "12"),
+        ("+1 617 200 0000 x 7", "7"),
+        ("(617) 200-0000, 12", "12"),
+        ("tel:+16172000000;ext=12", "12"),
+        ("tel:+16172000000;ani=5553336666;ext=12", "12"),
+        ("+44 20 7946 0958 x3", "3"),
+    ],
+)
+def test_a_number_with_an_extension_is_invalid_with_the_reason(raw, extension):
+    reason = (f"has an extension (x{extension}): Plum dials the main number only; "
+              "put the extension in another column or remove it")
+    for normalise in (lambda r: full_normalise(r, "US"), Normaliser("US")):
+        assert normalise(raw) == (None, reason)
+
+
+@pytest.mark.parametrize("raw", ["617-200-0000 x", "tel:+16172000000;isub=12", "12345 x12"])
+def test_what_is_not_an_extension_is_judged_as_before(raw):
+    """No digits after x, an ISDN subaddress, and an invalid main number are not called extensions."""
+    for normalise in (lambda r: full_normalise(r, "US"), Normaliser("US")):
+        assert "extension" not in (normalise(raw)[1] or "")
+
+
+def test_a_contact_with_an_extension_keeps_its_row_and_columns():
+    contact = parser().parse(1, ["Ann", "617-200-0000 x12", "front desk"])
+    assert (contact.status, contact.phone, contact.raw_phone) == ("invalid", None, "617-200-0000 x12")
+    assert contact.extra == ("Ann", "front desk") and contact.reason.startswith("has an extension (x12)")
+
+
+@pytest.mark.parametrize(
     "header, index",
     [
         (["name", "Phone_Number"], 1),
@@ -119,10 +157,10 @@ def test_missing_file_and_directory(tmp_path):
         iter_contacts(tmp_path, CANDIDATES, "US")
 
 
-def test_bad_bytes_after_the_sniffed_head_fail_with_the_row(tmp_path):
+def test_bad_bytes_after_the_sniffed_head_fail_with_their_line(tmp_path):
     data = b"phone\n" + b"617-253-1000\n" * 2000 + b"\xff\xff\n"
     header, contacts = iter_contacts(write(tmp_path, data), CANDIDATES, "US")
-    with pytest.raises(ContactsFileError, match="not UTF-8 text after row"):
+    with pytest.raises(ContactsFileError, match="is not UTF-8 text at line 2002 "):
         list(contacts)
 
 

@@ -1,7 +1,9 @@
+from types import SimpleNamespace
+
 import pytest
 
 from scheduler.callbacks import MalformedCallback, parse_call_details, sign, signature_ok, signed_url
-from scheduler.export import neutralise
+from scheduler.export import neutralise, write_export
 
 
 @pytest.mark.parametrize(
@@ -57,3 +59,47 @@ def test_call_details_in_json_or_form(body, content_type, status, duration, phon
 def test_malformed_call_details(body):
     with pytest.raises(MalformedCallback):
         parse_call_details(body, "application/json")
+
+
+class _Repo:
+    """Enough of Repository for write_export: one campaign, rows that may fail half-way."""
+
+    def __init__(self, rows, fail_after=None):
+        self.rows, self.fail_after = rows, fail_after
+
+    async def get_campaign(self, campaign_id):
+        return SimpleNamespace(contacts_header='{"extra": ["name"]}')
+
+    async def export_rows(self, campaign_id):
+        for index, row in enumerate(self.rows):
+            if index == self.fail_after:
+                raise ConnectionError("database went away")
+            yield row
+
+
+def _row(number):
+    return SimpleNamespace(row_number=number, raw_phone=f"617555000{number}", phone=f"+1617555000{number}",
+                           status="queued", reason=None, seq=1, outcome="succeeded", status_code=200,
+                           call_status=None, duration_seconds=None, extra=f"name{number}")
+
+
+async def test_export_replaces_the_file_only_when_complete(tmp_path):
+    out = tmp_path / "report.csv"
+    out.write_text("the previous report\n")
+    assert await write_export(_Repo([_row(1), _row(2)]), 1, out) == 2
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("row_number,original_number") and lines[0].endswith(",name")
+    assert lines[2].startswith("2,6175550002,+16175550002,queued")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.csv"]
+
+
+async def test_a_failed_export_leaves_no_half_file(tmp_path):
+    out = tmp_path / "report.csv"
+    with pytest.raises(ConnectionError):
+        await write_export(_Repo([_row(1), _row(2)], fail_after=1), 1, out)
+    assert list(tmp_path.iterdir()) == []
+    out.write_text("the previous report\n")
+    with pytest.raises(ConnectionError):
+        await write_export(_Repo([_row(1), _row(2)], fail_after=1), 1, out)
+    assert out.read_text() == "the previous report\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["report.csv"]
