@@ -14,7 +14,7 @@ from .repository import CampaignReport, ZoneSummary
 
 def fmt_time(value: Any) -> str:
     if isinstance(value, UnreadableTime):
-        return f"{str(value)!r} (not a time: see last_error)"
+        return f"{str(value)!r} (not a time)"
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
@@ -83,7 +83,8 @@ def print_report(report: CampaignReport, console: Console) -> None:
     data = report_as_dict(report)
     fields = Table(show_header=False, box=None)
     for key, value in data["campaign"].items():
-        fields.add_row(key, "-" if value is None else str(value))
+        fields.add_row(key, fmt_time(value) if isinstance(value, UnreadableTime) else
+                       "-" if value is None else str(value))
     console.print(fields)
     for title in ("chunks_by_status", "contacts_by_status", "submissions_by_status_code", "submissions_by_outcome",
                   "call_results_by_status", "timing"):

@@ -251,9 +251,9 @@ class Daemon:
                 if key not in planned:
                     planned[key] = replan_window(chunk, self.settings, now)
                 change = windows.window_change(current, planned[key], now)
-            except ValueError as exc:
-                log.error("campaign %s: chunk %s keeps its window: the campaign's calling window columns are "
-                          "invalid: %s", chunk.campaign_id, chunk.chunk_id, exc)
+            except (ValueError, TypeError) as exc:  # the review fails such a row within this tick
+                log.error("campaign %s: chunk %s keeps its window: the campaign's calling window columns or times "
+                          "are invalid: %s", chunk.campaign_id, chunk.chunk_id, exc)
                 continue
             if change != windows.KEEP:
                 moves.append(WindowMove(chunk.chunk_id, current, change))  # type: ignore[arg-type]

@@ -98,3 +98,25 @@ def test_export_refuses_to_overwrite_without_force(cli):
     assert "written to report.csv" in cli("campaign", "export", "1", "--out", "report.csv", "--force").stdout
     assert report.read_text().startswith("row_number,")
     assert sorted(p.name for p in cli.workdir.glob("*report.csv*")) == ["report.csv"]
+
+
+@pytest.mark.parametrize("column, value", [("start_at", "'tomorrow'"), ("end_at", "'2026-02-30 10:00'"),
+                                           ("end_at", "''"), ("max_attempts", "'three'"), ("status", "'Scheduled'")])
+def test_list_and_show_print_any_row_an_admin_wrote_without_a_traceback(cli, column, value):
+    """Issue 11 item 4: one unreadable value once made `campaign list` exit 1 with a traceback."""
+    import sqlite3
+
+    conn = sqlite3.connect(cli.workdir / "test.db", isolation_level=None)
+    conn.execute("INSERT INTO campaigns (name, survey_id, instance_id, contacts_path, start_at, end_at) "
+                 "VALUES ('typo', '1', '1', '/c.csv', '2030-01-01 00:00:00', '2030-01-02 00:00:00')")
+    conn.execute(f"UPDATE campaigns SET {column} = {value}")
+    conn.close()
+    listed = cli("campaign", "list")
+    shown = cli("campaign", "show", "1")
+    as_json = cli("campaign", "show", "1", "--json")
+    for result in (listed, shown, as_json):
+        assert "Traceback" not in result.stderr
+    raw = value.strip("'")
+    if column in ("start_at", "end_at"):
+        assert f"{raw!r} (not a time" in listed.stdout and f"{raw!r} (not a time" in shown.stdout
+    assert raw in as_json.stdout
