@@ -209,6 +209,7 @@ def _add_campaign_commands(commands: Any) -> None:
         ("cancel", cmd_campaign_cancel, "cancel; unsent chunks become cancelled"),
         ("resend-unknown", cmd_campaign_resend_unknown, "send every unknown chunk again (may call people twice)"),
         ("export", cmd_campaign_export, "one CSV row per input contact with its outcome"),
+        ("verify", cmd_campaign_verify, "check the ledger's accounting: exit 0, or 1 listing each discrepancy"),
     ):
         cmd = sub.add_parser(name, help=text)
         cmd.add_argument("id", type=int)
@@ -421,6 +422,20 @@ async def cmd_campaign_resume(args: argparse.Namespace, settings: Settings) -> i
 
 async def cmd_campaign_cancel(args: argparse.Namespace, settings: Settings) -> int:
     return await _change(args, settings, CampaignStatus.CANCELLED)
+
+
+async def cmd_campaign_verify(args: argparse.Namespace, settings: Settings) -> int:
+    from .verify import verify_campaign
+
+    async with _repository(settings) as repo:
+        verdict = await verify_campaign(repo, args.id)
+    if not verdict.discrepancies:
+        print(f"campaign {args.id}: consistent ({verdict.summary})")
+        return 0
+    print(f"campaign {args.id}: {len(verdict.discrepancies)} discrepancies ({verdict.summary})")
+    for line in verdict.discrepancies:
+        print(f"  {line}")
+    return 1
 
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:

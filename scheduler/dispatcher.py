@@ -39,6 +39,11 @@ submission_log = logging.getLogger("scheduler.submission")
 # A submitting chunk's lease outlives its request by this much; after that any
 # daemon may declare it unknown.
 LEASE_SLACK_SECONDS = 60
+# How long before its rate slot a chunk is claimed and its request built: long
+# enough for one claim transaction and one CSV, short enough that a kill in
+# between almost never leaves a never-sent chunk `unknown` (at 0.05/s a whole
+# interval would be 20 s).
+CLAIM_LEAD_SECONDS = 0.25
 
 
 class Dispatcher:
@@ -69,7 +74,6 @@ class Dispatcher:
         self._stopping = False
         self._last_campaign_id = 0
         self._loop_task: asyncio.Task | None = None
-        self.on_step: Callable[[ClaimedChunk, SubmitResult, NextStep], None] | None = None
 
     # -- control -----------------------------------------------------------------
 
@@ -87,11 +91,15 @@ class Dispatcher:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
-    async def stop(self, grace_seconds: float) -> None:
-        """Stop claiming; let requests in flight finish for up to the grace period."""
+    def halt(self) -> None:
+        """No new claim, and no claimed request leaves (it is given back)."""
         self._stopping = True
         self.wake()
         self._slot_freed.set()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Stop claiming; let requests in flight finish for up to the grace period."""
+        self.halt()
         await self._stop_claiming()
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=grace_seconds)
@@ -103,15 +111,13 @@ class Dispatcher:
     # -- the loop ----------------------------------------------------------------
 
     async def _stop_claiming(self) -> None:
-        # The loop may be mid-claim: let that round end (it may start one last
-        # request, which is then waited for like the others) before counting.
+        # Cancelling is safe at any point of a round: waiting for a slot claims
+        # nothing, and a claim that committed meanwhile is given back (_claim_shielded).
         loop_task = self._loop_task
         if loop_task is None or loop_task.done():
             return
-        done, _ = await asyncio.wait({loop_task}, timeout=self.limiter.interval_seconds + 1.0)
-        if not done:
-            loop_task.cancel()
-            await asyncio.gather(loop_task, return_exceptions=True)
+        loop_task.cancel()
+        await asyncio.gather(loop_task, return_exceptions=True)
 
     async def run(self) -> None:
         self._loop_task = asyncio.current_task()
@@ -130,9 +136,9 @@ class Dispatcher:
 
     async def _one_round(self) -> None:
         await self._wait_for_slot()
-        # Book the next send slot; we wake one interval early to claim and build
-        # the request, then it leaves exactly at the slot (see _send).
-        slot = await self.limiter.reserve()
+        # Book the next send slot; we wake just before it to claim and build the
+        # request, then it leaves exactly at the slot (see _send).
+        slot = await self.limiter.reserve(min(self.limiter.interval_seconds, CLAIM_LEAD_SECONDS))
         if self._stopping:
             return
         claim = await self._claim_shielded()
@@ -197,6 +203,9 @@ class Dispatcher:
             return
         try:
             result = await self._post(claim, slot)
+            if result is None:  # the daemon began to stop before the slot: nothing was sent
+                await self.repo.release_claim(claim)
+                return
         except asyncio.CancelledError:
             elapsed = asyncio.get_running_loop().time() - started
             result = SubmitResult(Outcome.UNKNOWN, None, "outcome unknown: the daemon stopped while waiting "
@@ -205,9 +214,11 @@ class Dispatcher:
             raise
         await self._record(claim, result)
 
-    async def _post(self, claim: ClaimedChunk, slot: float) -> SubmitResult:
+    async def _post(self, claim: ClaimedChunk, slot: float) -> SubmitResult | None:
         request = await self._build_request(claim)
         await self.limiter.wait_until(slot)
+        if self._stopping:
+            return None
         try:
             return await self.client.bulk_queue(request)
         except InvalidRequest as exc:
@@ -249,28 +260,29 @@ class Dispatcher:
         # Shielded: a shutdown must never lose an outcome row.
         task = asyncio.ensure_future(self.repo.record_outcome(
             claim, self.worker, result, plan, self.clock(), self.settings.submission.max_rejections_without_success))
+        applied: NextStep | None = None
         try:
-            await asyncio.shield(task)
+            applied = await asyncio.shield(task)
         except asyncio.CancelledError:
-            await task
+            applied = await task
             raise
         finally:
-            self._log(claim, result, plan)
+            self._log(claim, result, applied)
             self._observe(result)
-        if plan.step in (Step.SPLIT, Step.RETRY):
+        if applied is not None and applied.step in (Step.SPLIT, Step.RETRY):
             self.wake()
-        if self.on_step is not None:
-            self.on_step(claim, result, plan)
 
     def _observe(self, result: SubmitResult) -> None:
         code = "none" if result.status_code is None else str(result.status_code)
         self.metrics.submissions.labels(outcome=result.outcome.value, status_code=code).inc()
         self.metrics.latency.observe(result.latency_seconds)
 
-    def _log(self, claim: ClaimedChunk, result: SubmitResult, plan: NextStep) -> None:
+    def _log(self, claim: ClaimedChunk, result: SubmitResult, applied: NextStep | None) -> None:
+        """What was stored: the step the ledger applied (none when another daemon owns the chunk now)."""
         fields = {
             "campaign": claim.campaign_id, "chunk": claim.chunk_id, "attempt": claim.attempt,
-            "status_code": result.status_code, "outcome": result.outcome.value, "next": plan.step.value,
+            "status_code": result.status_code, "outcome": result.outcome.value,
+            "next": applied.step.value if applied is not None else "none (the chunk is no longer ours)",
             "latency_seconds": round(result.latency_seconds, 4), "contacts": claim.contact_count,
         }
         level = logging.INFO if result.outcome is Outcome.ACCEPTED else logging.WARNING

@@ -37,6 +37,10 @@ class CampaignGone(SchedulerError):
     """An admin deleted the campaign's row while the daemon worked on it."""
 
 
+class IngestionLost(SchedulerError):
+    """Another daemon took over this campaign's ingestion (this one was thought dead)."""
+
+
 class InvalidRequest(SchedulerError):
     """A bulk_queue request broke the API's own rules; nothing was sent."""
 

@@ -229,19 +229,19 @@ async def ingest_campaign(
     """True when the campaign is ready to send; False when it was failed (last_error says why)."""
     problems = row_problems(campaign, settings)
     if problems:
-        await repo.fail_campaign(campaign.id, "invalid campaign row: " + "; ".join(problems), clock())
+        await repo.fail_campaign(campaign.id, "invalid campaign row: " + "; ".join(problems), clock(), worker)
         log.warning("campaign %s failed validation: %s", campaign.id, "; ".join(problems))
         return False
-    await repo.clear_ingestion(campaign.id)
+    await repo.clear_ingestion(campaign.id, worker)
     try:
         header, counts = await _stream_into_database(repo, campaign, settings, worker, clock)
     except ContactsFileError as exc:
-        await repo.clear_ingestion(campaign.id)
-        await repo.fail_campaign(campaign.id, str(exc), clock())
+        await repo.clear_ingestion(campaign.id, worker)
+        await repo.fail_campaign(campaign.id, str(exc), clock(), worker)
         log.warning("campaign %s failed: %s", campaign.id, exc)
         return False
     now = clock()
-    await repo.finish_ingestion(campaign.id, header, counts, now, recent_since(settings, now))
+    await repo.finish_ingestion(campaign.id, worker, header, counts, now, recent_since(settings, now))
     log.info("campaign %s ingested: %s", campaign.id, counts)
     return True
 
@@ -263,7 +263,7 @@ async def _stream_into_database(
             if not contact_rows:
                 break
             upcoming = asyncio.ensure_future(reader.call(_child_next))  # parse the next batch meanwhile
-            await repo.add_ingested_batch(campaign.id, chunks, contact_rows)
+            await repo.add_ingested_batch(campaign.id, worker, chunks, contact_rows)
             await repo.extend_campaign_lease(campaign.id, worker, clock() + lease)
         counts = await reader.call(_child_counts)
     except BaseException:

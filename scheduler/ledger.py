@@ -246,8 +246,9 @@ def chunk_contacts(conn: Connection, chunk_id: int) -> list[tuple[str, str | Non
 
 
 def record(conn: Connection, claim: ClaimedChunk, worker: str, result: Any, plan: NextStep,
-           now: datetime, rejection_limit: int = 0) -> None:
-    """The submission row gets the answer; the chunk and its campaign move on."""
+           now: datetime, rejection_limit: int = 0) -> NextStep | None:
+    """The submission row gets the answer; the chunk and its campaign move on. Returns the
+    step applied (it may differ from ``plan``), or None when the chunk is no longer this claim's."""
     conn.execute(
         update(Submission).where(Submission.id == claim.submission_id).values(
             finished_at=now, status_code=result.status_code, outcome=result.outcome.value, error=result.error,
@@ -261,11 +262,12 @@ def record(conn: Connection, claim: ClaimedChunk, worker: str, result: Any, plan
     if chunk is None or chunk.lease_owner not in (worker, None) or chunk.status not in (
         ChunkStatus.SUBMITTING.value, ChunkStatus.UNKNOWN.value
     ):
-        return
+        return None
     if plan.step in (Step.SPLIT, Step.REJECTED):
         plan = _unless_everything_is_refused(conn, claim.campaign_id, plan, rejection_limit)
     apply_step(conn, claim, plan, now)
     refresh_if_settled(conn, claim.campaign_id, now)
+    return plan
 
 
 def _unless_everything_is_refused(conn: Connection, campaign_id: int, plan: NextStep, limit: int) -> NextStep:

@@ -329,6 +329,11 @@ class Worker(Base):
     worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     last_tick_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Who runs under this id: a second process may not take a live daemon's id.
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    version: Mapped[str | None] = mapped_column(String(32))
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # a clean stop
 
 
 class Suppression(Base):

@@ -12,15 +12,15 @@ import concurrent.futures
 import contextlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Callable, Sequence, TypeVar
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Collection, Sequence, TypeVar
 
 from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .db import READ_ONLY, create_sync_sqlite_engine, describe_connect_error
-from .errors import CampaignGone, DatabaseError, NotFound, UserError
+from .errors import CampaignGone, DatabaseError, IngestionLost, NotFound, UserError
 from .models import (
     FINAL_CAMPAIGN_STATUSES,
     Campaign,
@@ -37,9 +37,14 @@ from .models import (
 )
 from . import ledger
 from .ledger import ClaimedChunk
+from .retry import NextStep
+
+if TYPE_CHECKING:
+    from .insight import SubmitResult
 
 
 T = TypeVar("T")
+WORKER_MEMORY = timedelta(days=7)
 
 
 def utcnow() -> datetime:
@@ -307,13 +312,18 @@ class DaemonQueries:
 
     # -- start-up and housekeeping -------------------------------------------------
 
-    async def abandon_submitting(self, worker: str | None, now: datetime) -> int:
-        """Chunks whose lease ran out, and at start-up those this worker left mid-request
-        (it crashed), become unknown: their calls may have been queued."""
-        stale = Chunk.lease_expires_at < now
-        if worker is not None:
-            stale = stale | (Chunk.lease_owner == worker)
+    async def abandon_submitting(self, now: datetime, dead_before: datetime, also_dead: Collection[str] = ()) -> int:
+        """Chunks whose lease ran out, or whose daemon is dead (no heartbeat since ``dead_before``;
+        at start-up also this daemon's id in an earlier life), become unknown: their calls may
+        have been queued. A dead daemon's unfinished ingestion is released for another to restart."""
+        live = select(Worker.worker_id).where(Worker.last_tick_at >= dead_before, Worker.stopped_at.is_(None))
+        gone = Chunk.lease_owner.not_in(live) | Chunk.lease_owner.in_(list(also_dead))
+        stale = (Chunk.lease_expires_at < now) | gone
         async with self._write() as session:
+            await session.execute(
+                update(Campaign).where(Campaign.ingested_at.is_(None), Campaign.lease_owner.is_not(None),
+                                       Campaign.lease_owner.not_in(live) | Campaign.lease_owner.in_(list(also_dead)))
+                .values(lease_owner=None, lease_expires_at=None))
             ids = (
                 await session.scalars(
                     select(Chunk.id).where(Chunk.status == ChunkStatus.SUBMITTING.value, stale)
@@ -392,7 +402,7 @@ class DaemonQueries:
 
     # -- campaigns: picking up and ingesting ----------------------------------------
 
-    async def campaigns_to_start(self, now: datetime, worker: str) -> list[Campaign]:
+    async def campaigns_to_start(self, now: datetime) -> list[Campaign]:
         """Scheduled and due, or running but never finished ingesting (a daemon died)."""
         async with self._read() as session:
             rows = (
@@ -404,7 +414,7 @@ class DaemonQueries:
                 )
             ).all()
         return [row for row in rows if isinstance(row.start_at, datetime) and row.start_at <= now and (
-            row.status == CampaignStatus.SCHEDULED.value or _ingestion_abandoned(row, now, worker))]
+            row.status == CampaignStatus.SCHEDULED.value or _ingestion_abandoned(row, now))]
 
     async def claim_campaign(self, campaign_id: int, worker: str, now: datetime, lease_until: datetime) -> Campaign | None:
         """Move a due campaign to running; whoever gets the row ingests it."""
@@ -413,7 +423,7 @@ class DaemonQueries:
             if row is None:
                 return None
             takeover = row.status == CampaignStatus.RUNNING.value and row.ingested_at is None and (
-                isinstance(row.start_at, datetime) and row.start_at <= now and _ingestion_abandoned(row, now, worker)
+                isinstance(row.start_at, datetime) and row.start_at <= now and _ingestion_abandoned(row, now)
             )
             if not (row.status == CampaignStatus.SCHEDULED.value or takeover):
                 return None
@@ -428,15 +438,19 @@ class DaemonQueries:
 
     async def extend_campaign_lease(self, campaign_id: int, worker: str, lease_until: datetime) -> None:
         async with self._write() as session:
+            await _still_ours(session, campaign_id, worker)
             await session.execute(
                 update(Campaign)
                 .where(Campaign.id == campaign_id, Campaign.lease_owner == worker)
                 .values(lease_expires_at=lease_until)
             )
 
-    async def fail_campaign(self, campaign_id: int, error: str, now: datetime) -> None:
-        """The campaign cannot go on (its row or file is unusable); its unsent chunks are cancelled."""
+    async def fail_campaign(self, campaign_id: int, error: str, now: datetime, worker: str | None = None) -> None:
+        """The campaign cannot go on (its row or file is unusable); its unsent chunks are cancelled.
+        With ``worker``: only while that daemon still holds the ingestion."""
         async with self._write() as session:
+            if worker is not None:
+                await _still_ours(session, campaign_id, worker)
             await session.execute(
                 update(Campaign)
                 .where(Campaign.id == campaign_id)
@@ -483,14 +497,15 @@ class DaemonQueries:
                 update(CampaignDeletion).where(CampaignDeletion.reported_at.is_(None))
                 .values(reported_at=now).returning(CampaignDeletion))).all()
 
-    async def clear_ingestion(self, campaign_id: int) -> None:
+    async def clear_ingestion(self, campaign_id: int, worker: str) -> None:
         """Remove what a dead ingestion left behind; nothing of it was ever sent."""
         async with self._write() as session:
+            await _still_ours(session, campaign_id, worker)
             await session.execute(delete(Contact).where(Contact.campaign_id == campaign_id))
             await session.execute(delete(Submission).where(Submission.campaign_id == campaign_id))
             await session.execute(delete(Chunk).where(Chunk.campaign_id == campaign_id))
 
-    async def add_ingested_batch(self, campaign_id: int, new_chunks: list[NewChunk],
+    async def add_ingested_batch(self, campaign_id: int, worker: str, new_chunks: list[NewChunk],
                                  contacts: list[ContactTuple]) -> None:
         """New chunks ``(seq, timezones, window_start_at, window_end_at)`` and contacts
         ``(row_number, raw_phone, phone, extra, status, reason, chunk_seq)``.
@@ -500,7 +515,7 @@ class DaemonQueries:
         """
         async with self._write() as session:
             now = utcnow()
-            await _still_there(session, campaign_id)
+            await _still_ours(session, campaign_id, worker)
             if new_chunks:
                 await session.execute(
                     insert(Chunk),
@@ -520,10 +535,11 @@ class DaemonQueries:
             await _bulk_insert_contacts(await session.connection(), records)
 
     async def finish_ingestion(
-        self, campaign_id: int, header_json: str, counts: dict[str, int], now: datetime,
+        self, campaign_id: int, worker: str, header_json: str, counts: dict[str, int], now: datetime,
         recent_since: datetime | None = None,
     ) -> None:
         async with self._write() as session:
+            await _still_ours(session, campaign_id, worker)
             await session.execute(
                 update(Campaign)
                 .where(Campaign.id == campaign_id)
@@ -599,10 +615,11 @@ class DaemonQueries:
                        Campaign.status == CampaignStatus.RUNNING.value)
             )
 
-    async def record_outcome(self, claim: ClaimedChunk, worker: str, result: Any, plan: Any, now: datetime,
-                             rejection_limit: int = 0) -> None:
-        """The submission row gets the answer; the chunk and campaign move on, in one transaction."""
-        await self._ledger(ledger.record, claim, worker, result, plan, now, rejection_limit)
+    async def record_outcome(self, claim: ClaimedChunk, worker: str, result: SubmitResult, plan: NextStep,
+                             now: datetime, rejection_limit: int = 0) -> NextStep | None:
+        """The submission row gets the answer; the chunk and campaign move on, in one transaction.
+        Returns the step applied (None: the chunk is no longer this claim's)."""
+        return await self._ledger(ledger.record, claim, worker, result, plan, now, rejection_limit)
 
     # -- admin decisions about unknown chunks ----------------------------------------
 
@@ -650,19 +667,24 @@ class DaemonQueries:
         await (await session.connection()).run_sync(ledger.refresh, campaign_id, now)
 
 
-def _ingestion_abandoned(row: Campaign, now: datetime, worker: str) -> bool:
-    """Its ingester's lease ran out, or it was us before a restart."""
-    return row.lease_owner in (None, worker) or row.lease_expires_at is None or row.lease_expires_at < now
+def _ingestion_abandoned(row: Campaign, now: datetime) -> bool:
+    """Nobody ingests it: its ingester was found dead (lease released) or its lease ran out."""
+    return row.lease_owner is None or row.lease_expires_at is None or row.lease_expires_at < now
 
 
-async def _still_there(session: AsyncSession, campaign_id: int) -> None:
-    """Raise CampaignGone when an admin deleted the row; on PostgreSQL the row is locked
-    against deletion until this transaction ends, so nothing written here is orphaned."""
-    query = select(Campaign.id).where(Campaign.id == campaign_id)
+async def _still_ours(session: AsyncSession, campaign_id: int, worker: str) -> None:
+    """The fence of every ingestion write: CampaignGone when an admin deleted the row,
+    IngestionLost when another daemon took the ingestion over (this one was thought dead).
+    On PostgreSQL the row stays locked until the transaction ends, so nothing written
+    under the check is orphaned or written after a takeover."""
+    query = select(Campaign.lease_owner).where(Campaign.id == campaign_id)
     if _pg_only(session):
         query = query.with_for_update(key_share=True)
-    if await session.scalar(query) is None:
+    found = (await session.execute(query)).first()
+    if found is None:
         raise CampaignGone(f"campaign {campaign_id} was deleted")
+    if found.lease_owner != worker:
+        raise IngestionLost(f"campaign {campaign_id}: its ingestion now belongs to {found.lease_owner or 'nobody'}")
 
 
 def _pg_only(session: AsyncSession) -> bool:
@@ -699,15 +721,29 @@ class ResultQueries:
                 received_at=now, body=body, body_sha256=digest))
         return "stored"
 
-    async def heartbeat(self, worker: str, now: datetime, started: bool = False) -> None:
+    async def heartbeat(self, worker: str, now: datetime) -> None:
+        async with self._write() as session:
+            await session.execute(update(Worker).where(Worker.worker_id == worker).values(last_tick_at=now))
+
+    async def register_worker(self, worker: str, now: datetime, host: str, pid: int, version: str) -> None:
+        """This process now runs under ``worker`` (the caller checked nobody alive does)."""
         async with self._write() as session:
             row = await session.get(Worker, worker)
             if row is None:
-                session.add(Worker(worker_id=worker, started_at=now, last_tick_at=now))
-            else:
-                row.last_tick_at = now
-                if started:
-                    row.started_at = now
+                row = Worker(worker_id=worker)
+                session.add(row)
+            row.started_at = row.last_tick_at = now
+            row.host, row.pid, row.version, row.stopped_at = host, pid, version, None
+            # Each process has its own id by default: forget daemons gone for a week.
+            await session.execute(delete(Worker).where(Worker.last_tick_at < now - WORKER_MEMORY))
+
+    async def worker_stopped(self, worker: str, now: datetime) -> None:
+        async with self._write() as session:
+            await session.execute(update(Worker).where(Worker.worker_id == worker).values(stopped_at=now))
+
+    async def get_worker(self, worker: str) -> Worker | None:
+        async with self._read() as session:
+            return await session.get(Worker, worker)
 
     async def last_tick(self, worker: str | None = None) -> datetime | None:
         async with self._read() as session:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -18,10 +19,10 @@ from typing import Callable
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import campaign_review, db, windows
+from . import campaign_review, db, identity, windows
 from .config import Settings, load_settings
 from .dispatcher import Dispatcher
-from .errors import CampaignGone, ConfigError, DatabaseError, UserError
+from .errors import CampaignGone, ConfigError, DatabaseError, IngestionLost, UserError
 from .metrics import Metrics
 from .ingest import ingest_campaign, replan_window
 from .insight import InsightClient
@@ -52,7 +53,7 @@ class Daemon:
         self.handle_signals = handle_signals
         self.config_path = config_path
         self.clock = clock
-        self.worker = settings.scheduler.worker_id or socket.gethostname()
+        self.worker = settings.scheduler.worker_id or identity.default_worker_id()
         self.secret_filter = secret_filter
         self.stopped = asyncio.Event()
         self.last_tick_at: datetime | None = None
@@ -86,13 +87,15 @@ class Daemon:
         # interval (default 5 ms) keeps them from delaying a request that is due
         # to leave, which the rate limit's margin would otherwise have to absorb.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
-        recovered = await self.repo.abandon_submitting(self.worker, self.clock())
+        await self._take_identity()
+        now = self.clock()
+        dead = identity.dead_before(now, self.settings.scheduler.poll_interval_seconds)
+        recovered = await self.repo.abandon_submitting(now, dead, also_dead={self.worker})
         if recovered:
             log.warning("%d chunk(s) were being sent when this daemon last stopped: marked unknown "
                         "(see `campaign show`, resend with `chunk resend`)", recovered)
         self.dispatcher = Dispatcher(self.repo, client, self.settings, self.worker, clock=self.clock,
                                      metrics=self.metrics)
-        await self.repo.heartbeat(self.worker, self.clock(), started=True)
         if self.settings.callbacks.listen:
             self.web = WebServer(self.repo, self.settings, self.metrics, self.readiness)
             try:
@@ -111,6 +114,17 @@ class Daemon:
         finally:
             await self._shutdown(sending)
 
+    async def _take_identity(self) -> None:
+        """Refuse to run under an id a live daemon uses: two processes acting as one owner
+        would both ingest and send the same campaign."""
+        assert self.repo is not None
+        now, host = self.clock(), socket.gethostname()
+        holder = await self.repo.get_worker(self.worker)
+        if holder is not None and holder.pid != os.getpid() and identity.holder_alive(
+                holder, now, self.settings.scheduler.poll_interval_seconds, host):
+            raise UserError(identity.id_in_use_message(self.worker, holder))
+        await self.repo.register_worker(self.worker, now, host, os.getpid(), identity.package_version())
+
     def _start_scheduler(self) -> None:
         self._scheduler = AsyncIOScheduler()
         self._scheduler.add_job(
@@ -121,21 +135,34 @@ class Daemon:
         self._scheduler.start()
 
     async def _shutdown(self, sending: asyncio.Task[None]) -> None:
-        log.info("stopping: no new claims; waiting up to %ss for requests in flight",
-                 self.settings.scheduler.shutdown_grace_seconds)
+        grace = self.settings.scheduler.shutdown_grace_seconds
+        deadline = asyncio.get_running_loop().time() + grace
+        assert self.dispatcher is not None
+        self.dispatcher.halt()  # from here no request starts, not even one already claimed
+        log.info("stopping: no new claims; waiting up to %ss for requests in flight", grace)
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
+        stopping = asyncio.ensure_future(self.dispatcher.stop(grace))
         if self._tick_task is not None and not self._tick_task.done():
-            await asyncio.wait({self._tick_task}, timeout=self.settings.scheduler.shutdown_grace_seconds)
-        assert self.dispatcher is not None
-        await self.dispatcher.stop(self.settings.scheduler.shutdown_grace_seconds)
+            await asyncio.wait({self._tick_task}, timeout=grace)
+            self._tick_task.cancel()
+        await asyncio.wait({stopping}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()) + 1.0)
         sending.cancel()
         for task in [sending, *self._ingesting.values()]:
             task.cancel()
         await asyncio.gather(sending, *self._ingesting.values(), return_exceptions=True)
         if self.web is not None:
             await self.web.stop()
+        await self._mark_stopped()
         log.info("stopped")
+
+    async def _mark_stopped(self) -> None:
+        assert self.repo is not None
+        try:
+            await self.repo.worker_stopped(self.worker, self.clock())
+        except (DatabaseError, SQLAlchemyError, OSError) as exc:
+            log.warning("could not record this daemon's stop (its id is free again after %s polls): %s",
+                        identity.DEAD_AFTER_POLLS, exc)
 
     def request_stop(self) -> None:
         self.stopped.set()
@@ -181,6 +208,9 @@ class Daemon:
         self._tick_task = asyncio.current_task()
         try:
             await self._tick()
+        except asyncio.CancelledError:
+            # Only a shutdown cancels a tick; the next daemon's tick redoes its work.
+            log.info("tick interrupted by shutdown")
         except (DatabaseError, SQLAlchemyError, OSError) as exc:
             log.error("tick: database problem, trying again next tick: %s", exc)
         except Exception:  # noqa: BLE001 - the loop must survive anything
@@ -189,12 +219,13 @@ class Daemon:
     async def _tick(self) -> None:
         assert self.repo is not None and self.dispatcher is not None
         now = self.clock()
+        await self.repo.heartbeat(self.worker, now)
         await self._review_campaigns(now)
-        await self.repo.abandon_submitting(None, now)
+        await self.repo.abandon_submitting(now, identity.dead_before(now, self.settings.scheduler.poll_interval_seconds))
         await self.repo.housekeeping(now)
         await self._roll_windows(now)
         lease_until = now + timedelta(seconds=self.settings.scheduler.lease_seconds)
-        for campaign in await self.repo.campaigns_to_start(now, self.worker):
+        for campaign in await self.repo.campaigns_to_start(now):
             if campaign.id in self._ingesting:
                 continue
             claimed = await self.repo.claim_campaign(campaign.id, self.worker, now, lease_until)
@@ -204,7 +235,6 @@ class Daemon:
                 log.info("campaign %s running", claimed.id)
         self.last_tick_at = now
         self.dispatcher.wake()
-        await self.repo.heartbeat(self.worker, now)
         await self._update_metrics(now)
 
     async def _review_campaigns(self, now: datetime) -> None:
@@ -301,6 +331,10 @@ class Daemon:
             return
         if isinstance(task.exception(), CampaignGone):
             log.warning("campaign %s: deleted while its contacts were being read; ingestion stopped", campaign_id)
+            return
+        if isinstance(task.exception(), IngestionLost):
+            log.warning("campaign %s: another daemon took over its ingestion (this one missed its heartbeats); "
+                        "this one stopped ingesting it: %s", campaign_id, task.exception())
             return
         if task.exception() is not None:
             log.error("campaign %s: ingestion failed unexpectedly", campaign_id, exc_info=task.exception())

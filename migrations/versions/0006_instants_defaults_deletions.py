@@ -1,4 +1,4 @@
-"""times are instants, plain INSERTs work, deleting a campaign keeps its ledger
+"""times are instants, plain INSERTs work, deleting a campaign keeps its ledger, daemon identity
 
 - PostgreSQL: every time column becomes ``timestamptz`` (existing values read as UTC).
 - SQLite: triggers rewrite ``start_at``/``end_at``/``created_at``/``updated_at`` of
@@ -8,6 +8,8 @@
 - ``created_at``/``updated_at`` default to the current time, so an INSERT with only
   the documented columns works.
 - ``campaigns.status_seen`` (daemon-owned): lets one daemon log each admin's status change.
+- ``workers.host``/``pid``/``version``/``stopped_at``: who runs under an id, so a second
+  process never takes a live daemon's id.
 - Deleting a campaign: refused while it has submissions; otherwise its chunks and
   contacts go with it and ``campaign_deletions`` records it for the daemon to log.
 
@@ -121,6 +123,11 @@ def upgrade() -> None:
     with op.batch_alter_table('suppressions', schema=None) as batch_op:
         batch_op.alter_column('added_at', existing_type=scheduler.models.UTCDateTime(), existing_nullable=False,
                               server_default=sa.text('CURRENT_TIMESTAMP'))
+    with op.batch_alter_table('workers', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('host', sa.String(length=255), nullable=True))
+        batch_op.add_column(sa.Column('pid', sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column('version', sa.String(length=32), nullable=True))
+        batch_op.add_column(sa.Column('stopped_at', scheduler.models.UTCDateTime(), nullable=True))
     if op.get_bind().dialect.name == "sqlite":
         _sqlite_upgrade()
     else:
@@ -135,6 +142,9 @@ def downgrade() -> None:
     else:
         op.execute("DROP TRIGGER IF EXISTS campaigns_before_delete ON campaigns")
         op.execute("DROP FUNCTION IF EXISTS campaigns_before_delete()")
+    with op.batch_alter_table('workers', schema=None) as batch_op:
+        for column in ('stopped_at', 'version', 'pid', 'host'):
+            batch_op.drop_column(column)
     with op.batch_alter_table('suppressions', schema=None) as batch_op:
         batch_op.alter_column('added_at', existing_type=scheduler.models.UTCDateTime(), server_default=None)
     with op.batch_alter_table('campaigns', schema=None) as batch_op:

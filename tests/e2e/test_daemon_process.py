@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tests.support.harness import campaign, e164, rows, simulator, valid_numbers
 FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
 
 
-def write_config(path: Path, db_url: str, base_url: str, worker: str, **overrides) -> Path:
+def write_config(path: Path, db_url: str, base_url: str, worker: str | None, **overrides) -> Path:
     submission = {"chunk_size": 10, "max_concurrency": 4, "rate_limit_per_second": 40}
     submission.update(overrides)
     lines = [
@@ -26,8 +27,10 @@ def write_config(path: Path, db_url: str, base_url: str, worker: str, **override
         "insight:", f"  base_url: {base_url}", "  developer_key: right-key", "  timeout_seconds: 5",
         "submission:", *[f"  {k}: {v}" for k, v in submission.items()],
         "  retry:", "    initial_backoff_seconds: 0.05", "    max_backoff_seconds: 0.2",
-        "scheduler:", "  poll_interval_seconds: 0.2", f"  worker_id: {worker}", "  shutdown_grace_seconds: 3",
+        "scheduler:", "  poll_interval_seconds: 0.2", "  shutdown_grace_seconds: 3",
     ]
+    if worker is not None:  # unset: each process gets a unique id (the default)
+        lines.append(f"  worker_id: {worker}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -173,3 +176,80 @@ async def test_check_follows_the_daemon_heartbeat(repo_for, db_url, tmp_path):
         finally:
             proc.terminate()
             await proc.wait()
+
+
+async def test_two_daemons_with_default_ids_on_one_host_ingest_and_send_each_campaign_once(pg_url, tmp_path):
+    """Issue 12 item 1: two daemons that both took the host name as their id both ingested one
+    campaign; 5,000 of 12,000 contacts were never sent and nothing said so."""
+    await _truncate_pg(pg_url)
+    engine = db.create_engine(pg_url)
+    repo = Repository(engine)
+    numbers = valid_numbers(12_000, seed=12)
+    contacts = write_contacts(tmp_path / "c.csv", numbers)
+    async with simulator() as sim:
+        row = await repo.create_campaign(campaign(contacts))
+        procs = []
+        for name in ("a", "b"):
+            config = write_config(tmp_path / f"{name}.yaml", pg_url, sim.base_url, None, chunk_size=100,
+                                  rate_limit_per_second=100)
+            procs.append(await start_daemon(config, tmp_path / f"{name}.log"))
+        try:
+            done = await wait_for(repo, row.id, FINAL, timeout=90)
+        finally:
+            for proc in procs:
+                proc.terminate()
+            await asyncio.gather(*(p.wait() for p in procs))
+        stats = sim.stats()
+    await engine.dispose()
+    assert done.status == "completed", done.last_error
+    assert done.contacts_queued == 12_000
+    assert stats["numbers_queued_more_than_once"] == 0
+    assert set(sim.queued_numbers) == {e164(n) for n in numbers}
+    logs = [(tmp_path / f"{name}.log").read_text() for name in ("a", "b")]
+    assert sum(log.count(f"campaign {row.id}: ingesting") for log in logs) == 1, logs
+
+
+async def test_a_configured_id_a_live_daemon_uses_is_refused_and_freed_by_its_death(repo_for, db_url, tmp_path):
+    async with simulator() as sim:
+        config = write_config(tmp_path / "config.yaml", db_url, sim.base_url, "dup")
+        first = await start_daemon(config, tmp_path / "first.log")
+        try:
+            while await repo_for.last_tick("dup") is None:
+                await asyncio.sleep(0.05)
+            second = await start_daemon(config, tmp_path / "second.log")
+            assert await asyncio.wait_for(second.wait(), 30) == 2
+            refused = (tmp_path / "second.log").read_text()
+            assert (f"error: scheduler.worker_id: 'dup' is in use by a live daemon (host {socket.gethostname()}, "
+                    f"pid {first.pid}, last tick ") in refused
+            assert "Traceback" not in refused
+            first.send_signal(signal.SIGKILL)
+            await first.wait()
+            third = await start_daemon(config, tmp_path / "third.log")  # at once: its process is gone
+            await asyncio.sleep(2.0)
+            assert third.returncode is None, (tmp_path / "third.log").read_text()
+            third.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(third.wait(), 20) == 0
+        finally:
+            for proc in (first,):
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+
+
+async def test_kill_9_between_claims_at_a_low_rate_leaves_nothing_unknown(repo_for, db_url, tmp_path):
+    """Issue 12 item 4: a chunk was claimed (and `sending` committed) a whole rate interval before
+    its request left, so a kill in that interval left a never-sent chunk `unknown`."""
+    repo = repo_for
+    contacts = write_contacts(tmp_path / "c.csv", valid_numbers(100))
+    async with simulator() as sim:
+        config = write_config(tmp_path / "config.yaml", db_url, sim.base_url, "slow", rate_limit_per_second=0.5)
+        await repo.create_campaign(campaign(contacts))
+        proc = await start_daemon(config, tmp_path / "daemon.log")
+        while len(sim.requests) < 3:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)  # the 3rd request was answered; the 4th is due in ~1.7 s
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        sent = len(sim.requests)
+    assert await rows(repo, "SELECT id FROM chunks WHERE status IN ('submitting', 'unknown')") == []
+    assert (await rows(repo, "SELECT count(*) FROM submissions"))[0][0] == sent == 3

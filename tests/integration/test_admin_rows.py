@@ -314,7 +314,7 @@ async def test_deleting_an_unsent_campaign_removes_its_rows_and_is_logged(tmp_pa
                                         sql_time(now + timedelta(hours=1)), name="gone")
     async with simulator() as sim:
         settings = settings_for(db_url, sim.base_url)
-        row = await repo.get_campaign(campaign_id)
+        row = await repo.claim_campaign(campaign_id, "admin-test", utcnow(), utcnow() + timedelta(minutes=5))
         assert await ingest_campaign(repo, row, settings, "admin-test", utcnow)  # read, nothing sent
         await admin_sql(db_url, f"DELETE FROM campaigns WHERE id = {campaign_id}")
         assert await scalar(repo, f"SELECT count(*) FROM contacts WHERE campaign_id = {campaign_id}") == 0
@@ -324,6 +324,6 @@ async def test_deleting_an_unsent_campaign_removes_its_rows_and_is_logged(tmp_pa
             await asyncio.sleep(0.6)  # three polls
         assert sim.stats()["requests"] == 0
     lines = [r.getMessage() for r in caplog.records if "was deleted" in r.getMessage()]
-    assert lines == [f"campaign {campaign_id} (gone) was deleted while scheduled: its 5 unsent chunk(s) and "
+    assert lines == [f"campaign {campaign_id} (gone) was deleted while running: its 5 unsent chunk(s) and "
                      "50 contact row(s) were removed with it and will never be sent; "
                      "nothing of it had been sent to Plum"]

@@ -13,6 +13,7 @@ from scheduler import ingest
 from scheduler.config import Settings
 from scheduler.contacts import unpack_extra
 from tests.support.harness import (
+    claim_for_ingestion,
     campaign, e164, rows, running_daemon, settings_for, simulator, valid_numbers, wait_for,
 )
 
@@ -62,7 +63,7 @@ REFUSED = {
 
 
 async def ingest_file(repo, path: Path | str) -> tuple[bool, object]:
-    row = await repo.create_campaign(campaign(Path(path)))
+    row = await claim_for_ingestion(repo, await repo.create_campaign(campaign(Path(path))))
     ok = await ingest.ingest_campaign(repo, row, Settings(), "w", now)
     return ok, await repo.get_campaign(row.id)
 

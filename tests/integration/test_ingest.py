@@ -9,7 +9,7 @@ from scheduler import ingest
 from scheduler.config import Settings
 from scheduler.demo import generate_contacts
 from scheduler.repository import NewCampaign
-from tests.support.harness import rows
+from tests.support.harness import claim_for_ingestion, rows
 
 
 def new(path, **overrides):
@@ -25,7 +25,7 @@ async def test_concurrent_ingestions_each_account_for_every_row(repo, tmp_path, 
     monkeypatch.setattr(ingest, "PROCESS_THRESHOLD_BYTES", threshold)
     shared = generate_contacts(tmp_path / "shared.csv", 1500, bad_every=97, repeat_every=89)
     other = generate_contacts(tmp_path / "other.csv", 700, seed=3)
-    campaigns = [await repo.create_campaign(new(p)) for p in (shared, shared, other)]
+    campaigns = [await claim_for_ingestion(repo, await repo.create_campaign(new(p))) for p in (shared, shared, other)]
     clock = lambda: datetime.now(timezone.utc)  # noqa: E731
     results = await asyncio.gather(*(ingest.ingest_campaign(repo, c, Settings(), "w", clock) for c in campaigns))
     assert results == [True, True, True]
@@ -54,7 +54,7 @@ async def test_a_file_that_turns_bad_midway_fails_cleanly(repo, tmp_path, monkey
     monkeypatch.setattr(ingest, "PROCESS_THRESHOLD_BYTES", 0)
     path = tmp_path / "broken.csv"
     path.write_bytes(b"phone_number\n" + b"2127365000\n" * 9000 + b"\xff\xfe\n")
-    campaign = await repo.create_campaign(new(path))
+    campaign = await claim_for_ingestion(repo, await repo.create_campaign(new(path)))
     ok = await ingest.ingest_campaign(repo, campaign, Settings(), "w", lambda: datetime.now(timezone.utc))
     row = await repo.get_campaign(campaign.id)
     assert not ok and row.status == "failed"

@@ -110,3 +110,11 @@ async def rows(repo: Repository, sql: str, **params):
 async def execute(repo: Repository, sql: str, **params):
     async with repo.engine.begin() as conn:
         await conn.execute(text(sql), params)
+
+
+async def claim_for_ingestion(repo: Repository, row, worker: str = "w"):
+    """Take the campaign as the daemon's tick does (ingestion is fenced by this claim)."""
+    now = datetime.now(timezone.utc)
+    claimed = await repo.claim_campaign(row.id, worker, now, now + timedelta(minutes=5))
+    assert claimed is not None
+    return claimed

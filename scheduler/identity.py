@@ -1,0 +1,63 @@
+"""Who a daemon is, and whether another one is alive: pure decisions on heartbeat rows.
+
+Every daemon writes its heartbeat each tick. One whose heartbeat is older
+than DEAD_AFTER_POLLS poll intervals (or that stopped cleanly) is dead: its
+claims are declared unknown and its ingestion is restarted by another.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from datetime import datetime, timedelta
+from importlib import metadata
+from typing import Callable
+
+from .models import Worker
+
+DEAD_AFTER_POLLS = 3
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("insight-scheduler")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        return "source"
+
+
+def default_worker_id() -> str:
+    """Unique per process: two daemons on one host never share an id by default."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def dead_before(now: datetime, poll_interval_seconds: float) -> datetime:
+    """A heartbeat older than this is a dead daemon's."""
+    return now - timedelta(seconds=DEAD_AFTER_POLLS * poll_interval_seconds)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def holder_alive(row: Worker | None, now: datetime, poll_interval_seconds: float, host: str,
+                 is_alive: Callable[[int], bool] = pid_alive) -> bool:
+    """Is a live daemon running under this heartbeat row? A process on this host that no
+    longer exists is not (a restart right after kill -9 reuses its id at once)."""
+    if row is None or row.stopped_at is not None or row.last_tick_at is None:
+        return False
+    if row.last_tick_at < dead_before(now, poll_interval_seconds):
+        return False
+    return not (row.host == host and row.pid is not None and not is_alive(row.pid))
+
+
+def id_in_use_message(worker_id: str, row: Worker) -> str:
+    return (f"scheduler.worker_id: {worker_id!r} is in use by a live daemon (host {row.host or '?'}, "
+            f"pid {row.pid or '?'}, last tick {row.last_tick_at:%Y-%m-%d %H:%M:%S} UTC): give each daemon "
+            "its own id, or leave scheduler.worker_id unset (each process then gets a unique one)")
