@@ -36,7 +36,8 @@ def status_message(row: Campaign) -> str:
     name = f"campaign {row.id} ({row.name})"
     if row.status_seen is None:
         return f"{name} found: {row.status}, start_at {fmt_time(row.start_at)}, end_at {fmt_time(row.end_at)} UTC"
-    why = f": {row.last_error}" if row.status in EXPLAINED and row.last_error else ""
+    error = row.last_error if row.last_error and not row.last_error.startswith("unknown status ") else None
+    why = f": {error}" if row.status in EXPLAINED and error else ""
     return f"{name}: {row.status_seen} -> {row.status}{why}"
 
 

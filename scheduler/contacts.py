@@ -47,7 +47,8 @@ def unpack_extra(text: str | None, count: int) -> list[str]:
     if not text:
         return [""] * count
     if text.startswith(_RECORD):
-        return json.loads(text[1:])
+        values: list[str] = json.loads(text[1:])
+        return values
     return text.split(_UNIT) if count else []
 
 
@@ -276,9 +277,9 @@ class ContactParser:
         if len(row) > width and any(value.strip() for value in row[width:]):
             reason = f"row has {len(row)} fields, the header has {width}"
             return ParsedContact(row_number, raw, None, extra, "invalid", reason)
-        phone, reason = self.normalise(raw)
+        phone, why = self.normalise(raw)
         if phone is None:
-            return ParsedContact(row_number, raw, None, extra, "invalid", reason)
+            return ParsedContact(row_number, raw, None, extra, "invalid", why)
         first = self.first_row_of.setdefault(int(phone[1:]), row_number)
         if first != row_number:
             return ParsedContact(row_number, raw, phone, extra, "duplicate", f"same number as row {first}")

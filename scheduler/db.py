@@ -132,7 +132,8 @@ class connect_or_explain:
     async def __aenter__(self) -> AsyncConnection:
         self._ctx = self._engine.begin()
         try:
-            return await self._ctx.__aenter__()
+            conn: AsyncConnection = await self._ctx.__aenter__()
+            return conn
         except (OSError, DBAPIError, OperationalError) as exc:
             raise DatabaseError(describe_connect_error(self._engine, exc)) from None
 

@@ -70,7 +70,7 @@ class DemoOptions:
 
 
 def demo_settings(db_url: str, base_url: str, options: DemoOptions, callback_port: int | None = None) -> Settings:
-    callbacks: dict = {}
+    callbacks: dict[str, Any] = {}
     if callback_port is not None:
         callbacks = {"listen": f"127.0.0.1:{callback_port}", "public_url": f"http://127.0.0.1:{callback_port}",
                      "secret": "demo-callback-secret"}
@@ -101,9 +101,9 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
                                              callback_delay_seconds=0.2 if options.callbacks else None))
     base_url = await sim.start()
     engine = db.create_engine(db_url)
+    repo = Repository(engine)
     try:
         await db.upgrade(engine)
-        repo = Repository(engine)
         console.print(f"[bold]insight-scheduler demo[/]: simulator at {base_url}, database {workdir / 'demo.db'}")
         contacts = generate_contacts(workdir / "contacts.csv", options.contacts)
         now = datetime.now(timezone.utc)
@@ -130,7 +130,7 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
         waiting = report.campaign.status == "running" and bool(report.zones)
         return 0 if report.campaign.status in ("completed", "completed_with_errors") or waiting else 1
     finally:
-        await engine.dispose()
+        await repo.close()
         await sim.stop()
         if not options.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -139,7 +139,8 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 async def _run_daemon_with_progress(repo: Repository, campaign_id: int, settings: Settings,

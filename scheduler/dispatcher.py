@@ -14,7 +14,7 @@ import json
 import logging
 import random
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Any, Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -29,8 +29,8 @@ from .insight import BulkQueueRequest, InsightClient, SubmitResult
 from .metrics import Metrics
 from .models import Outcome
 from .ratelimit import RateLimiter
-from .ledger import ClaimTimes
-from .repository import ClaimedChunk, Repository, utcnow
+from .ledger import ClaimedChunk, ClaimTimes
+from .repository import Repository, utcnow
 from .retry import NextStep, Step, next_step
 
 log = logging.getLogger("scheduler.dispatcher")
@@ -73,7 +73,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._last_campaign_id = 0
-        self._loop_task: asyncio.Task | None = None
+        self._loop_task: asyncio.Task[Any] | None = None
 
     # -- control -----------------------------------------------------------------
 
@@ -196,13 +196,21 @@ class Dispatcher:
     async def _send(self, claim: ClaimedChunk, slot: float) -> None:
         started = asyncio.get_running_loop().time()
         now = self.clock()
-        if int(claim.call_window(now)[1].timestamp()) <= int(now.timestamp()) + 1:
+        try:
+            closed = int(claim.call_window(now)[1].timestamp()) <= int(now.timestamp()) + 1
+            request = None if closed else await self._build_request(claim)
+        except Exception:  # noqa: BLE001 - a bug here must not leave a never-sent chunk `submitting`
+            log.exception("campaign %s chunk %s: the request could not be built; the chunk is given back "
+                          "unsent", claim.campaign_id, claim.chunk_id)
+            await self.repo.release_claim(claim)
+            return
+        if request is None:
             # The window closed between the claim and now: nothing to ask Plum for. A
             # calling window is moved to the next one by the tick; the campaign's end is final.
             await self.repo.release_claim(claim, expired_at=None if claim.window_end_at else now)
             return
         try:
-            result = await self._post(claim, slot)
+            result = await self._post(request, slot)
             if result is None:  # the daemon began to stop before the slot: nothing was sent
                 await self.repo.release_claim(claim)
                 return
@@ -214,8 +222,7 @@ class Dispatcher:
             raise
         await self._record(claim, result)
 
-    async def _post(self, claim: ClaimedChunk, slot: float) -> SubmitResult | None:
-        request = await self._build_request(claim)
+    async def _post(self, request: BulkQueueRequest, slot: float) -> SubmitResult | None:
         await self.limiter.wait_until(slot)
         if self._stopping:
             return None

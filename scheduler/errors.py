@@ -41,6 +41,10 @@ class IngestionLost(SchedulerError):
     """Another daemon took over this campaign's ingestion (this one was thought dead)."""
 
 
+class LedgerKept(SchedulerError):
+    """Ingestion would have to delete submissions of this campaign id: it refuses."""
+
+
 class InvalidRequest(SchedulerError):
     """A bulk_queue request broke the API's own rules; nothing was sent."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from .config import Settings
+from .errors import LedgerKept
 from .contacts import ContactsFileError, ContactsHeader, ParsedContact, iter_contacts, pack_extra
 from .repository import ContactTuple, NewChunk
 from . import windows
@@ -76,7 +77,7 @@ class ChunkAssigner:
         ("total", "pending", "invalid", "duplicate", "out_of_window"), 0))
     zones: ZoneLookup = field(default_factory=ZoneLookup)
     # per zone set: [seq of its open chunk (-1: none yet), contacts in it, window, out_of_window reason, zones]
-    _groups: dict[tuple[str, ...], list] = field(default_factory=dict)
+    _groups: dict[tuple[str, ...], list[Any]] = field(default_factory=dict)
 
     def assign(self, batch: list[ParsedContact]) -> tuple[list[NewChunk], list[ContactTuple]]:
         """The chunks this batch opens, and the contact rows to insert."""
@@ -115,7 +116,7 @@ class ChunkAssigner:
         group[1] += 1
         return group[0], "pending", None
 
-    def _new_group(self, zones: tuple[str, ...], plan: WindowPlan) -> list:
+    def _new_group(self, zones: tuple[str, ...], plan: WindowPlan) -> list[Any]:
         window = windows.next_window(zones, plan.rule, plan.not_before, plan.start_at, plan.end_at)
         reason = None if window else out_of_window_reason(zones, plan.rule)
         group = self._groups[zones] = [-1, 0, window, reason, " ".join(zones)]
@@ -169,10 +170,10 @@ def _next_batch(rows: Iterator[ParsedContact], assigner: ChunkAssigner) -> tuple
 # event loop never competes with it for the GIL. A small file is parsed in a
 # thread: starting a process would cost more than it saves.
 
-_process_state: dict[str, object] = {}  # a worker process serves one ingestion only
+_process_state: dict[str, Any] = {}  # a worker process serves one ingestion only
 
 
-def _child_open(state: dict | None, path: str, candidates: list[str], region: str, chunk_size: int,
+def _child_open(state: dict[str, Any] | None, path: str, candidates: list[str], region: str, chunk_size: int,
                 plan: WindowPlan | None) -> ContactsHeader:
     normaliser = Normaliser(region)  # shared: the time-zone lookup reuses the number types it works out
     header, rows = iter_contacts(Path(path), candidates, region, normaliser,
@@ -182,16 +183,16 @@ def _child_open(state: dict | None, path: str, candidates: list[str], region: st
     return header
 
 
-def _child_next(state: dict | None) -> tuple[list[NewChunk], list[ContactTuple]]:
+def _child_next(state: dict[str, Any] | None) -> tuple[list[NewChunk], list[ContactTuple]]:
     state = _process_state if state is None else state
-    return _next_batch(state["rows"], state["assigner"])  # type: ignore[arg-type]
+    return _next_batch(state["rows"], state["assigner"])
 
 
-def _child_counts(state: dict | None) -> dict[str, int]:
+def _child_counts(state: dict[str, Any] | None) -> dict[str, int]:
     state = _process_state if state is None else state
-    counts = dict(state["assigner"].counts)  # type: ignore[attr-defined]
+    counts = dict(state["assigner"].counts)
     # With the header line, these account for every line of the file (multi-line records are refused).
-    counts["blank_lines"] = state["rows"].blank_lines  # type: ignore[attr-defined]
+    counts["blank_lines"] = state["rows"].blank_lines
     return counts
 
 
@@ -211,7 +212,7 @@ class _Reader:
         if large:
             context = multiprocessing.get_context("spawn")
             self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
-            self._state: dict | None = None
+            self._state: dict[str, Any] | None = None
         else:
             self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest")
             self._state = {}
@@ -232,7 +233,12 @@ async def ingest_campaign(
         await repo.fail_campaign(campaign.id, "invalid campaign row: " + "; ".join(problems), clock(), worker)
         log.warning("campaign %s failed validation: %s", campaign.id, "; ".join(problems))
         return False
-    await repo.clear_ingestion(campaign.id, worker)
+    try:
+        await repo.clear_ingestion(campaign.id, worker)
+    except LedgerKept as exc:
+        await repo.fail_campaign(campaign.id, str(exc), clock(), worker)
+        log.error("campaign %s failed: %s", campaign.id, exc)
+        return False
     try:
         header, counts = await _stream_into_database(repo, campaign, settings, worker, clock)
     except ContactsFileError as exc:

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, String, case, func, insert, literal, select, update
+from sqlalchemy import Boolean, Integer, String, and_, case, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from .chunking import halves
 from .models import (
@@ -92,7 +93,12 @@ def readable(conn: Connection, column: Any) -> Any:
     """SQL: this time column holds an instant (always true on PostgreSQL's timestamptz)."""
     if is_postgres(conn):
         return literal(True)
-    return column.op("GLOB")(literal(CANONICAL_TIME_GLOB, String()))
+    # The shape, and a real date and time: SQLite keeps '2026-02-30' or hour 99 as written
+    # (julianday() rolls Feb 30 over to March, and is NULL for hour 99). Whole seconds only,
+    # so a fraction that rounds up never rolls a date over.
+    seconds = func.substr(column, 1, 19)
+    return and_(column.op("GLOB", return_type=Boolean)(literal(CANONICAL_TIME_GLOB, String())),
+                func.date(func.julianday(seconds)) == func.substr(column, 1, 10))
 
 
 def close_unsent(conn: Connection, campaign_ids: Any, status: ChunkStatus, reason: str | None,
@@ -153,11 +159,10 @@ def claim_next(
             status=ChunkStatus.SUBMITTING.value, attempts=attempt, lease_owner=worker,
             lease_expires_at=times.lease_until, updated_at=now)
     )
-    submission_id = conn.scalar(
+    submission_id: int = conn.execute(
         insert(Submission).returning(Submission.id).values(
             campaign_id=row.campaign_id, chunk_id=row.id, attempt=attempt, worker=worker, started_at=now,
-            outcome="sending", contact_count=remaining)
-    )
+            outcome="sending", contact_count=remaining)).scalar_one()
     return ClaimedChunk(
         chunk_id=row.id, campaign_id=row.campaign_id, seq=row.seq, attempt=attempt,
         contact_count=remaining, submission_id=submission_id, survey_id=row.survey_id,
@@ -242,7 +247,7 @@ def chunk_contacts(conn: Connection, chunk_id: int) -> list[tuple[str, str | Non
         .where(Contact.chunk_id == chunk_id, Contact.status == ContactStatus.PENDING.value)
         .order_by(Contact.row_number)
     )
-    return [(phone, extra) for phone, extra in rows.all()]
+    return [(phone or "", extra) for phone, extra in rows.all()]  # pending contacts always have a number
 
 
 def record(conn: Connection, claim: ClaimedChunk, worker: str, result: Any, plan: NextStep,
@@ -320,6 +325,7 @@ def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datet
 
 
 def stop_campaigns(conn: Connection, campaign_id: int, step: Step, message: str, now: datetime) -> None:
+    where: ColumnElement[bool]
     if step is Step.PAUSE_ACCOUNT:
         where = Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.SCHEDULED.value])
         values: dict[str, Any] = dict(status=CampaignStatus.PAUSED.value, last_error=message)
@@ -342,16 +348,16 @@ def split(conn: Connection, chunk_id: int, campaign_id: int, now: datetime) -> N
     if is_postgres(conn):
         # Two splits of one campaign at once would pick the same new seq: take turns.
         conn.execute(select(Campaign.id).where(Campaign.id == campaign_id).with_for_update())
-    next_seq = conn.scalar(select(func.max(Chunk.seq)).where(Chunk.campaign_id == campaign_id))
+    next_seq = conn.scalar(select(func.max(Chunk.seq)).where(Chunk.campaign_id == campaign_id)) or 0
     parent = conn.execute(select(Chunk.timezones, Chunk.window_start_at, Chunk.window_end_at)
                           .where(Chunk.id == chunk_id)).one()
     for offset, part in enumerate(halves(rows), start=1):
-        child_id = conn.scalar(
+        child_id = conn.execute(
             insert(Chunk).returning(Chunk.id).values(
                 campaign_id=campaign_id, seq=next_seq + offset, parent_id=chunk_id, status=ChunkStatus.PENDING.value,
                 contact_count=len(part), attempts=0, created_at=now, updated_at=now, timezones=parent.timezones,
                 window_start_at=parent.window_start_at, window_end_at=parent.window_end_at)
-        )
+        ).scalar_one()
         conn.execute(
             update(Contact)
             .where(Contact.chunk_id == chunk_id, Contact.status == ContactStatus.PENDING.value,
@@ -399,10 +405,10 @@ def refresh(conn: Connection, campaign_id: int, now: datetime) -> None:
         contacts_queued=sizes.get(ChunkStatus.SUCCEEDED.value, 0),
         updated_at=now,
     )
-    status = finished_status(campaign.status, campaign.ingested_at, campaign.contacts_valid, counts)
-    if status is not None:
-        values.update(status=status, finished_at=now)  # status_seen stays: the tick logs the finish
-        if status == CampaignStatus.COMPLETED_WITH_ERRORS.value and not campaign.last_error:
+    finished = finished_status(campaign.status, campaign.ingested_at, campaign.contacts_valid, counts)
+    if finished is not None:
+        values.update(status=finished, finished_at=now)  # status_seen stays: the tick logs the finish
+        if finished == CampaignStatus.COMPLETED_WITH_ERRORS.value and not campaign.last_error:
             values["last_error"] = summarize_errors(counts, campaign.contacts_valid)
     conn.execute(update(Campaign).where(Campaign.id == campaign_id).values(**values))
 

@@ -3,9 +3,8 @@
 Times are instants. PostgreSQL stores them as ``timestamptz``, so an offset
 or an admin's session ``TIME ZONE`` is honoured. SQLite stores canonical UTC
 text (``YYYY-MM-DD HH:MM:SS.ffffff``) so that text comparisons in SQL order
-instants correctly; triggers (migration 0006, ``scheduler/sqltime.py``)
-rewrite whatever form an admin writes into that form on commit. A value no
-form matches is left as written and read back as ``UnreadableTime``, so the
+instants correctly; triggers (migration 0006) rewrite whatever form an
+admin writes into that form on commit. A value no form matches is left as written and read back as ``UnreadableTime``, so the
 daemon can name it in ``last_error`` instead of crashing on it.
 """
 
@@ -14,6 +13,7 @@ from __future__ import annotations
 import enum
 import re
 from datetime import datetime, timezone
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -74,18 +74,18 @@ def read_sqlite_time(value: str) -> datetime | UnreadableTime:
         return UnreadableTime(value)
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC in Python; ``timestamptz`` on PostgreSQL, canonical UTC text on SQLite."""
 
     impl = DateTime
     cache_ok = True
 
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine:
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
         if dialect.name == "sqlite":
             return dialect.type_descriptor(String(32))
         return dialect.type_descriptor(DateTime(timezone=True))
 
-    def process_bind_param(self, value, dialect: Dialect):
+    def process_bind_param(self, value: datetime | str | None, dialect: Dialect) -> datetime | str | None:
         if value is None:
             return None
         if isinstance(value, str):
@@ -95,7 +95,7 @@ class UTCDateTime(TypeDecorator):
         utc = value.astimezone(timezone.utc)
         return utc.replace(tzinfo=None).strftime(SQLITE_FORMAT) if dialect.name == "sqlite" else utc
 
-    def process_result_value(self, value, dialect: Dialect):
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:
             return None
         if isinstance(value, (int, float)):  # SQLite: a number the triggers could not read
@@ -221,7 +221,7 @@ class Campaign(Base):
     chunks_expired: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     chunks_cancelled: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
-    __table_args__ = (Index(None, "status", "start_at"),)
+    __table_args__ = (Index(None, "status", "start_at"), {"sqlite_autoincrement": True})
 
 
 class Chunk(Base):

@@ -13,14 +13,15 @@ import contextlib
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Collection, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Collection, NamedTuple, Sequence, TypeVar
 
 from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .db import READ_ONLY, create_sync_sqlite_engine, describe_connect_error
-from .errors import CampaignGone, DatabaseError, IngestionLost, NotFound, UserError
+from .errors import CampaignGone, DatabaseError, IngestionLost, LedgerKept, NotFound, UserError
 from .models import (
     FINAL_CAMPAIGN_STATUSES,
     Campaign,
@@ -40,6 +41,7 @@ from .ledger import ClaimedChunk
 from .retry import NextStep
 
 if TYPE_CHECKING:
+    from .callbacks import CallDetails
     from .insight import SubmitResult
 
 
@@ -108,6 +110,35 @@ class ZoneSummary:
 NO_WINDOW_LEFT = "no calling window left before end_at for this chunk's time zones"
 
 
+class UnsentWindow(NamedTuple):
+    """A pending chunk with a calling window, and what choosing its window again needs."""
+
+    chunk_id: int
+    campaign_id: int
+    timezones: str | None
+    window_start_at: datetime
+    window_end_at: datetime
+    calling_window_start: str | None
+    calling_window_end: str | None
+    excluded_weekdays: str | None
+    start_at: datetime
+    end_at: datetime
+
+
+class ExportRow(NamedTuple):
+    row_number: int
+    raw_phone: str
+    phone: str | None
+    status: str
+    reason: str | None
+    extra: str | None
+    seq: int | None
+    outcome: str | None
+    status_code: int | None
+    call_status: str | None
+    duration_seconds: int | None
+
+
 @dataclass(frozen=True)
 class WindowMove:
     chunk_id: int
@@ -120,13 +151,27 @@ RESUMABLE = {CampaignStatus.PAUSED.value, CampaignStatus.DRAFT.value}
 FINAL = {s.value for s in FINAL_CAMPAIGN_STATUSES}
 
 
-class AdminQueries:
+class _Store:
+    """Transactions on the engine it is given, which it then owns: ``close()`` releases the
+    engine and what it opened itself (the SQLite ledger thread and its second engine)."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._write_lock: Any = asyncio.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+        self._write_lock: contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext())
         self._sqlite_pool: concurrent.futures.ThreadPoolExecutor | None = None
-        self._sqlite_sync: Any = None
+        self._sqlite_sync: Engine | None = None
+
+    async def close(self) -> None:
+        """Release the ledger thread, its SQLite engine and the engine (idempotent)."""
+        pool, self._sqlite_pool = self._sqlite_pool, None
+        if pool is not None:
+            await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, True)
+        sync, self._sqlite_sync = self._sqlite_sync, None
+        if sync is not None:
+            sync.dispose()
+        await self.engine.dispose()
 
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
@@ -160,6 +205,7 @@ class AdminQueries:
         return self._sqlite_pool
 
     def _in_sqlite_thread(self, function: Callable[..., T], args: tuple[Any, ...], read_only: bool) -> T:
+        assert self._sqlite_sync is not None
         with self._sqlite_sync.connect() as conn:
             if read_only:
                 conn = conn.execution_options(**{READ_ONLY: True})
@@ -183,6 +229,13 @@ class AdminQueries:
                 raise DatabaseError(describe_connect_error(self.engine, exc)) from None
             raise
 
+    async def _refresh(self, session: AsyncSession, campaign_id: int, now: datetime) -> None:
+        """Counters and the end of a campaign, from inside an ORM transaction."""
+        await session.flush()  # Core statements below must see (and not be undone by) pending ORM changes
+        await (await session.connection()).run_sync(ledger.refresh, campaign_id, now)
+
+
+class AdminQueries(_Store):
     # -- campaigns: admin commands -------------------------------------------------
 
     async def create_campaign(self, new: NewCampaign) -> Campaign:
@@ -269,6 +322,7 @@ async def _zone_summaries(session: AsyncSession, campaign_id: int) -> list[ZoneS
     )
     summaries: dict[str, ZoneSummary] = {}
     for zones, status, chunks, contacts, start, end in found.all():
+        assert zones is not None and start is not None and end is not None  # set together at ingestion
         summary = summaries.setdefault(zones, ZoneSummary(tuple(zones.split())))
         summary.add(status, chunks, int(contacts), start, end)
     return sorted(summaries.values(), key=lambda z: (z.window or (datetime.max.replace(tzinfo=timezone.utc),), z.zones))
@@ -303,12 +357,8 @@ async def _bulk_insert_contacts(conn: Any, records: list[tuple[Any, ...]]) -> No
     await conn.exec_driver_sql(f"INSERT INTO contacts ({', '.join(CONTACT_COLUMNS)}) VALUES ({marks})", records)
 
 
-class DaemonQueries:
+class DaemonQueries(_Store):
     """Mixed into Repository: what the tick, ingestion and dispatcher ask."""
-
-    engine: AsyncEngine
-    _write: Any
-    _read: Any
 
     # -- start-up and housekeeping -------------------------------------------------
 
@@ -363,18 +413,19 @@ class DaemonQueries:
             for campaign_id in touched | set(running.all()):
                 await self._refresh(session, campaign_id, now)
 
-    async def unsent_windows(self) -> list[Any]:
+    async def unsent_windows(self) -> list[UnsentWindow]:
         """Pending chunks with a calling window, of running or paused campaigns: rows with
         their window and what choosing it again needs (the campaign's window columns)."""
         async with self._read() as session:
-            return list((await session.execute(
+            found = (await session.execute(
                 select(Chunk.id.label("chunk_id"), Chunk.campaign_id, Chunk.timezones, Chunk.window_start_at,
                        Chunk.window_end_at, Campaign.calling_window_start, Campaign.calling_window_end,
                        Campaign.excluded_weekdays, Campaign.start_at, Campaign.end_at)
                 .join(Campaign, Campaign.id == Chunk.campaign_id)
                 .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.window_end_at.is_not(None),
                        Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.PAUSED.value]))
-            )).all())
+            )).all()
+        return [UnsentWindow._make(row) for row in found]
 
     async def move_windows(self, moves: list[WindowMove], now: datetime) -> None:
         """Give each chunk its new window; a chunk with none left expires and its contacts
@@ -478,7 +529,7 @@ class DaemonQueries:
                 update(Campaign).where(Campaign.id == campaign_id, Campaign.status == status, was).values(
                     status_seen=status,
                     last_error=case((Campaign.last_error.like("unknown status %"), None), else_=Campaign.last_error)))
-        return bool(result.rowcount)
+        return bool(result.rowcount)  # type: ignore[attr-defined]  # UPDATE results have it
 
     async def flag_campaign(self, campaign_id: int, problem: str) -> bool:
         """Put ``problem`` in last_error; True when it was not there already (so it is logged once)."""
@@ -487,7 +538,7 @@ class DaemonQueries:
                 update(Campaign).where(Campaign.id == campaign_id,
                                        (Campaign.last_error.is_(None)) | (Campaign.last_error != problem))
                 .values(last_error=problem))
-        return bool(result.rowcount)
+        return bool(result.rowcount)  # type: ignore[attr-defined]  # UPDATE results have it
 
     async def take_deletions(self, now: datetime) -> Sequence[CampaignDeletion]:
         """Campaign rows deleted since a daemon last looked (recorded by a trigger); each is
@@ -498,9 +549,16 @@ class DaemonQueries:
                 .values(reported_at=now).returning(CampaignDeletion))).all()
 
     async def clear_ingestion(self, campaign_id: int, worker: str) -> None:
-        """Remove what a dead ingestion left behind; nothing of it was ever sent."""
+        """Remove what a dead ingestion left behind; nothing of it was ever sent. A ledger with
+        submissions is never removed (SQLite's INSERT OR REPLACE can put a new row on an old id)."""
         async with self._write() as session:
             await _still_ours(session, campaign_id, worker)
+            sent = await session.scalar(select(func.count()).where(Submission.campaign_id == campaign_id))
+            if sent:
+                raise LedgerKept(
+                    f"campaign id {campaign_id} already has {sent} submission(s) to Plum from an earlier row with "
+                    "this id (replaced, e.g. by INSERT OR REPLACE); its ledger is kept and nothing is read or sent: "
+                    "insert the campaign as a new row without an id")
             await session.execute(delete(Contact).where(Contact.campaign_id == campaign_id))
             await session.execute(delete(Submission).where(Submission.campaign_id == campaign_id))
             await session.execute(delete(Chunk).where(Chunk.campaign_id == campaign_id))
@@ -652,19 +710,13 @@ class DaemonQueries:
             await session.execute(
                 update(Contact).where(Contact.chunk_id.in_(ids)).values(status=ContactStatus.PENDING.value)
             )
+            assert campaign_id is not None
             campaign = await session.get(Campaign, campaign_id)
             if campaign is not None and campaign.status != CampaignStatus.RUNNING.value:
                 campaign.status = CampaignStatus.SCHEDULED.value
                 campaign.finished_at = None
             await self._refresh(session, campaign_id, now)
             return len(ids)
-
-    # -- counters --------------------------------------------------------------------
-
-    async def _refresh(self, session: AsyncSession, campaign_id: int, now: datetime) -> None:
-        """Counters and the end of a campaign, from inside an ORM transaction."""
-        await session.flush()  # Core statements below must see (and not be undone by) pending ORM changes
-        await (await session.connection()).run_sync(ledger.refresh, campaign_id, now)
 
 
 def _ingestion_abandoned(row: Campaign, now: datetime) -> bool:
@@ -688,16 +740,13 @@ async def _still_ours(session: AsyncSession, campaign_id: int, worker: str) -> N
 
 
 def _pg_only(session: AsyncSession) -> bool:
-    return session.bind.dialect.name == "postgresql"
+    return session.get_bind().dialect.name == "postgresql"
 
 
-class ResultQueries:
+class ResultQueries(_Store):
     """Call results (result_url callbacks) and daemon heartbeats."""
 
-    _write: Any
-    _read: Any
-
-    async def store_call_result(self, campaign_id: int, chunk_id: int, details: Any, body: str,
+    async def store_call_result(self, campaign_id: int, chunk_id: int, details: CallDetails, body: str,
                                 phone_e164: str | None, now: datetime) -> str:
         """'stored', 'duplicate' (the same body again) or 'unknown_chunk'."""
         digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
@@ -766,7 +815,7 @@ class ResultQueries:
         contacts = dict(zip(("queued", "not_queued", "invalid", "duplicate"), (int(v) for v in sums)))
         return chunks, contacts, campaigns
 
-    async def export_rows(self, campaign_id: int) -> AsyncIterator[Any]:
+    async def export_rows(self, campaign_id: int) -> AsyncIterator[ExportRow]:
         """Every contact of a campaign in file order, with its chunk's last submission
         and its latest call result; streamed, so a million rows never sit in memory."""
         last_submission = (
@@ -793,7 +842,7 @@ class ResultQueries:
             await conn.execution_options(**{READ_ONLY: True})
             result = await conn.stream(query)
             async for row in result:
-                yield row
+                yield ExportRow._make(row)
 
     # -- the suppression list ---------------------------------------------------------
 
@@ -809,7 +858,7 @@ class ResultQueries:
     async def remove_suppression(self, number: str) -> bool:
         async with self._write() as session:
             result = await session.execute(delete(Suppression).where(Suppression.number == number))
-        return bool(result.rowcount)
+        return bool(result.rowcount)  # type: ignore[attr-defined]  # UPDATE results have it
 
     async def list_suppressions(self) -> Sequence[Suppression]:
         async with self._read() as session:

@@ -7,6 +7,7 @@ Each problem names the column and the rule, because an admin reads it in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypeGuard
 from datetime import datetime, timezone
 
 from . import windows
@@ -99,7 +100,7 @@ def attempt_problems(max_attempts: object, reattempt_wait: object, bounds: WaitB
     return []
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

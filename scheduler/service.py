@@ -8,13 +8,14 @@ imports it); everything about a campaign lives in the database.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
 import socket
 import sys
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Any, Callable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.exc import SQLAlchemyError
@@ -61,7 +62,7 @@ class Daemon:
         self.repo: Repository | None = None
         self.dispatcher: Dispatcher | None = None
         self._scheduler: AsyncIOScheduler | None = None
-        self._tick_task: asyncio.Task | None = None
+        self._tick_task: asyncio.Task[None] | None = None
         self.metrics = Metrics()
         self.web: WebServer | None = None
 
@@ -77,6 +78,8 @@ class Daemon:
             ) as client:
                 await self._serve(client)
         finally:
+            if self.repo is not None:
+                await self.repo.close()
             await engine.dispose()
         return 0
 
@@ -272,7 +275,7 @@ class Daemon:
         (or runs out), and an admin's edit of the window columns or config applies at once."""
         assert self.repo is not None
         moves: list[WindowMove] = []
-        planned: dict[tuple, windows.Interval | None] = {}  # chunks of one zone set share a window
+        planned: dict[tuple[Any, ...], windows.Interval | None] = {}  # chunks of one zone set share a window
         for chunk in await self.repo.unsent_windows():
             current = (chunk.window_start_at, chunk.window_end_at)
             key = (chunk.timezones, chunk.calling_window_start, chunk.calling_window_end, chunk.excluded_weekdays,
@@ -323,7 +326,7 @@ class Daemon:
             ingest_campaign(self.repo, campaign, self.settings, self.worker, self.clock)
         )
         self._ingesting[campaign.id] = task
-        task.add_done_callback(lambda t, cid=campaign.id: self._ingested(cid, t))
+        task.add_done_callback(functools.partial(self._ingested, campaign.id))
 
     def _ingested(self, campaign_id: int, task: asyncio.Task[bool]) -> None:
         self._ingesting.pop(campaign_id, None)

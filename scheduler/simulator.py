@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 log = logging.getLogger("scheduler.simulator")
 
@@ -219,6 +219,8 @@ class InsightSimulator:
     async def _read_form(self, request: web.Request, record: RecordedRequest) -> None:
         reader = await request.multipart()
         async for part in reader:
+            if not isinstance(part, BodyPartReader):  # nested multipart: not what Insight takes
+                continue
             if part.name == "csv":
                 record.csv_filename = part.filename
                 record.csv_content_type = part.headers.get("Content-Type")

@@ -8,7 +8,7 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 
-from .callbacks import SIGNATURE_PARAM, MalformedCallback, callback_path, parse_call_details, signature_ok
+from .callbacks import SIGNATURE_PARAM, CallDetails, MalformedCallback, callback_path, parse_call_details, signature_ok
 from .config import Settings
 from .errors import DatabaseError
 from .metrics import Metrics
@@ -89,7 +89,7 @@ class WebServer:
             return web.json_response({"error": "body too large"}, status=413)
         return None
 
-    async def _store(self, campaign_id: int, chunk_id: int, details, body: bytes) -> web.Response:
+    async def _store(self, campaign_id: int, chunk_id: int, details: CallDetails, body: bytes) -> web.Response:
         phone = None
         if details.phone:
             phone = Normaliser(self.settings.contacts.default_region)(details.phone)[0]

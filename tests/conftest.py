@@ -77,4 +77,4 @@ async def repo(db_url):
     engine = db.create_engine(db_url)
     repository = Repository(engine)
     yield repository
-    await engine.dispose()
+    await repository.close()

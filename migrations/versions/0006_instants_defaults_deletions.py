@@ -86,6 +86,10 @@ def _postgresql_upgrade() -> None:
     for table, column in columns:
         op.execute(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE timestamptz '
                    f'USING "{column}" AT TIME ZONE \'UTC\'')
+    # 'infinity', years past 9999 or BC are times PostgreSQL stores but no client can read
+    # (nor Plum use): refused when written, naming the rule.
+    op.create_check_constraint("times_in_range", "campaigns",
+                               "start_at >= '2000-01-01 00:00:00+00' AND end_at < '9000-01-01 00:00:00+00'")
     message = REFUSE_DELETE.replace("WHERE id = ...", "WHERE id = %").replace("'", "''")
     op.execute(f"""CREATE FUNCTION campaigns_before_delete() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
@@ -115,7 +119,10 @@ def upgrade() -> None:
     sa.Column('reported_at', scheduler.models.UTCDateTime(), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_campaign_deletions'))
     )
-    with op.batch_alter_table('campaigns', schema=None) as batch_op:
+    # SQLite: AUTOINCREMENT, so a deleted campaign's id is never given to a new row (a daemon
+    # still finishing work for the old id must not write it into the new campaign).
+    with op.batch_alter_table('campaigns', schema=None, recreate='auto',
+                              table_kwargs={'sqlite_autoincrement': True}) as batch_op:
         batch_op.add_column(sa.Column('status_seen', sa.String(length=32), nullable=True))
         for column in ('created_at', 'updated_at'):
             batch_op.alter_column(column, existing_type=scheduler.models.UTCDateTime(), existing_nullable=False,
@@ -140,6 +147,7 @@ def downgrade() -> None:
                         "campaigns_end_at_on_update", "campaigns_before_delete"):
             op.execute(f"DROP TRIGGER IF EXISTS {trigger}")
     else:
+        op.drop_constraint("ck_campaigns_times_in_range", "campaigns", type_="check")
         op.execute("DROP TRIGGER IF EXISTS campaigns_before_delete ON campaigns")
         op.execute("DROP FUNCTION IF EXISTS campaigns_before_delete()")
     with op.batch_alter_table('workers', schema=None) as batch_op:

@@ -47,8 +47,9 @@ async def start_daemon(config: Path, log_path: Path) -> asyncio.subprocess.Proce
 @pytest.fixture
 async def repo_for(db_url):
     engine = db.create_engine(db_url)
-    yield Repository(engine)
-    await engine.dispose()
+    repo = Repository(engine)
+    yield repo
+    await repo.close()
 
 
 async def test_kill_9_then_restart_never_queues_a_number_twice(repo_for, db_url, tmp_path):
@@ -151,7 +152,7 @@ async def test_two_daemons_on_one_postgresql_never_queue_a_number_twice(pg_url, 
     assert sim.stats()["numbers_queued_more_than_once"] == 0
     assert set(sim.queued_numbers) == {e164(n) for n in numbers}
     workers = dict(await rows(repo, "SELECT worker, count(*) FROM submissions GROUP BY worker"))
-    await engine.dispose()
+    await repo.close()
     assert set(workers) == {"replica-a", "replica-b"}  # both did real work
 
 
@@ -200,7 +201,7 @@ async def test_two_daemons_with_default_ids_on_one_host_ingest_and_send_each_cam
                 proc.terminate()
             await asyncio.gather(*(p.wait() for p in procs))
         stats = sim.stats()
-    await engine.dispose()
+    await repo.close()
     assert done.status == "completed", done.last_error
     assert done.contacts_queued == 12_000
     assert stats["numbers_queued_more_than_once"] == 0

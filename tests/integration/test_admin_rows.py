@@ -78,15 +78,17 @@ def postgres_url(pg_url) -> str:
 @pytest.fixture
 async def sqlite_repo(sqlite_url):
     engine = db.create_engine(sqlite_url)
-    yield Repository(engine)
-    await engine.dispose()
+    repo = Repository(engine)
+    yield repo
+    await repo.close()
 
 
 @pytest.fixture
 async def postgres_repo(postgres_url):
     engine = db.create_engine(postgres_url)
-    yield Repository(engine)
-    await engine.dispose()
+    repo = Repository(engine)
+    yield repo
+    await repo.close()
 
 
 def sql_time(moment: datetime, offset_hours: int = 0) -> str:
@@ -327,3 +329,61 @@ async def test_deleting_an_unsent_campaign_removes_its_rows_and_is_logged(tmp_pa
     assert lines == [f"campaign {campaign_id} (gone) was deleted while running: its 5 unsent chunk(s) and "
                      "50 contact row(s) were removed with it and will never be sent; "
                      "nothing of it had been sent to Plum"]
+
+
+# -- what a first bad-input hunt found ----------------------------------------------------
+
+
+@pytest.mark.parametrize("end", ["'infinity'", "to_timestamp(1796003266000)", "'10000-01-01 00:00:00+00'"])
+async def test_postgres_refuses_times_no_client_can_read(end, tmp_path, postgres_url):
+    """A Unix time in milliseconds by mistake once stopped every tick of every daemon (OverflowError)."""
+    with pytest.raises(asyncpg.exceptions.CheckViolationError, match="ck_campaigns_times_in_range"):
+        await admin_sql(postgres_url, INSERT.format(name="far", path=tmp_path / "c.csv", start="now()", end=end))
+
+
+async def test_sqlite_never_gives_a_deleted_campaigns_id_to_a_new_row(tmp_path, sqlite_repo, sqlite_url):
+    first = await insert_campaign(sqlite_url, tmp_path / "a.csv", "'2030-01-01'", "'2030-01-02'", name="a")
+    await admin_sql(sqlite_url, f"DELETE FROM campaigns WHERE id = {first}")
+    second = await insert_campaign(sqlite_url, tmp_path / "b.csv", "'2030-01-01'", "'2030-01-02'", name="b")
+    assert second > first
+
+
+@pytest.mark.parametrize("value", ["'2026-13-45 10:00:00.000000'", "'2026-11-30 99:00:00.000000'",
+                                   "'2031-02-30 10:00:00.000000'"])
+async def test_an_impossible_but_well_shaped_time_mid_run_stops_sending_cleanly(value, tmp_path, sqlite_repo,
+                                                                               sqlite_url):
+    """Such a value once passed the SQL shape check: chunks were claimed, the sender crashed on
+    them, and they ended `unknown` although nothing had been sent."""
+    repo = sqlite_repo
+    async with simulator() as sim:
+        campaign_id, settings = await _running_with_sends(repo, sqlite_url, sim, tmp_path, count=300, rate=20.0)
+        async with running_daemon(settings):
+            await _wait_requests(sim, 2)
+            await admin_sql(sqlite_url, f"UPDATE campaigns SET end_at = {value} WHERE id = {campaign_id}")
+            row = await wait_for(repo, campaign_id, FINAL)
+        sent = sim.stats()["requests"]
+    assert row.status == "failed" and value.strip("'") in row.last_error
+    stuck = await scalar(repo, f"SELECT count(*) FROM chunks WHERE campaign_id = {campaign_id} "
+                               "AND status IN ('submitting', 'unknown')")
+    assert stuck == 0
+    assert await scalar(repo, f"SELECT count(*) FROM submissions WHERE campaign_id = {campaign_id}") == sent
+
+
+async def test_insert_or_replace_on_a_sent_campaign_keeps_its_ledger(tmp_path, sqlite_repo, sqlite_url):
+    """SQLite's REPLACE deletes without firing delete triggers; ingestion then once wiped the old ledger."""
+    repo = sqlite_repo
+    async with simulator() as sim:
+        campaign_id, settings = await _running_with_sends(repo, sqlite_url, sim, tmp_path, count=30, rate=50.0)
+        async with running_daemon(settings):
+            await wait_for(repo, campaign_id, FINAL)
+            now = utcnow()
+            await admin_sql(sqlite_url, f"INSERT OR REPLACE INTO campaigns (id, name, survey_id, instance_id, "
+                                        f"contacts_path, start_at, end_at) VALUES ({campaign_id}, 'replaced', '9', "
+                                        f"'9', '{tmp_path / 'c.csv'}', {sql_time(now)}, "
+                                        f"{sql_time(now + timedelta(hours=1))})")
+            row = await wait_for(repo, campaign_id, {"failed"})
+        requests = sim.stats()["requests"]
+    assert "already has 3 submission(s) to Plum from an earlier row" in row.last_error
+    assert await scalar(repo, f"SELECT count(*) FROM submissions WHERE campaign_id = {campaign_id}") == requests == 3
+    assert await scalar(repo, f"SELECT count(*) FROM contacts WHERE campaign_id = {campaign_id} "
+                              "AND status = 'queued'") == 30

@@ -84,3 +84,25 @@ def test_campaign_rules_name_the_column(fields, problems):
     row = dict(survey_id="1", instance_id="2", start_at=T0, end_at=T1, max_attempts=1, reattempt_wait=None)
     row.update(fields)
     assert campaign_problems(**row) == problems
+
+
+# -- what the tick logs about an admin's row (scheduler/campaign_review.py) ------------
+
+from types import SimpleNamespace  # noqa: E402
+
+from scheduler import campaign_review  # noqa: E402
+
+
+@pytest.mark.parametrize("seen, status, last_error, expected", [
+    ("running", "paused", None, "campaign 3 (nps): running -> paused"),
+    ("running", "paused", "HTTP 403: forbidden", "campaign 3 (nps): running -> paused: HTTP 403: forbidden"),
+    # the stale typo message is not the reason for the new status
+    ("running", "paused", "unknown status 'PAUSED': use one of draft, scheduled, paused, cancelled",
+     "campaign 3 (nps): running -> paused"),
+    ("paused", "scheduled", "HTTP 403: forbidden", "campaign 3 (nps): paused -> scheduled"),
+    ("running", "completed_with_errors", "chunks not queued: 2 failed",
+     "campaign 3 (nps): running -> completed_with_errors: chunks not queued: 2 failed"),
+])
+def test_status_change_lines(seen, status, last_error, expected):
+    row = SimpleNamespace(id=3, name="nps", status=status, status_seen=seen, last_error=last_error)
+    assert campaign_review.status_message(row) == expected
