@@ -21,6 +21,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.elements import ColumnElement
 
+from . import states
 from .chunking import halves
 from .models import (
     FINAL_CAMPAIGN_STATUSES,
@@ -44,6 +45,7 @@ FINAL_STATUSES = tuple(sorted(s.value for s in FINAL_CAMPAIGN_STATUSES))
 # (models.UnreadableTime); such a row must never match a time comparison.
 CANONICAL_TIME_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9]*"
 ENDED_REASON = "still unsent at the campaign's end_at"
+NOTHING_LEFT = "no contact left to call (suppressed or recently contacted)"
 
 
 @dataclass(frozen=True)
@@ -101,24 +103,41 @@ def readable(conn: Connection, column: Any) -> Any:
                 func.date(func.julianday(seconds)) == func.substr(column, 1, 10))
 
 
+def move_chunks(conn: Connection, /, where: ColumnElement[bool], sources: tuple[ChunkStatus, ...],
+                target: ChunkStatus, now: datetime, *, contacts: ContactStatus | None = None,
+                reason: str | None = None, **values: Any) -> list[tuple[int, int]]:
+    """The one writer of chunk status: the chunks matching ``where`` that are still in one of
+    ``sources`` move to ``target`` (a move the table in states.py allows, else IllegalTransition),
+    and their waiting contacts follow (``contacts`` overrides where to, ``reason`` is theirs).
+    Returns (chunk id, campaign id) of the chunks moved."""
+    states.check_move(sources, target)
+    moved = [(chunk_id, campaign_id) for chunk_id, campaign_id in conn.execute(
+        update(Chunk).where(where, Chunk.status.in_([s.value for s in sources]))
+        .values(status=target.value, updated_at=now, **values)
+        .returning(Chunk.id, Chunk.campaign_id)).all()]
+    follow = contacts or states.CONTACT_OF[target]
+    if follow is not None:
+        _move_contacts(conn, [chunk_id for chunk_id, _ in moved], follow, reason)
+    return moved
+
+
+def _move_contacts(conn: Connection, chunk_ids: list[int], status: ContactStatus, reason: str | None) -> None:
+    values: dict[str, Any] = {"status": status.value}
+    if reason is not None:
+        values["reason"] = reason
+    waiting = [s.value for s in states.MOVING_CONTACTS if s is not status]
+    for start in range(0, len(chunk_ids), 500):
+        conn.execute(update(Contact).where(Contact.chunk_id.in_(chunk_ids[start:start + 500]),
+                                           Contact.status.in_(waiting)).values(**values))
+
+
 def close_unsent(conn: Connection, campaign_ids: Any, status: ChunkStatus, reason: str | None,
                  now: datetime) -> set[int]:
-    """The one way unsent chunks end without a request (cancel, stop, end_at): the chunks and
-    their pending contacts take ``status``. Returns the campaigns touched."""
-    closed = conn.execute(
-        update(Chunk)
-        .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.campaign_id.in_(campaign_ids))
-        .values(status=status.value, finished_at=now, updated_at=now, last_error=reason)
-        .returning(Chunk.id, Chunk.campaign_id)
-    ).all()
-    chunk_ids = [chunk_id for chunk_id, _ in closed]
-    for start in range(0, len(chunk_ids), 500):
-        conn.execute(
-            update(Contact)
-            .where(Contact.chunk_id.in_(chunk_ids[start:start + 500]), Contact.status == ContactStatus.PENDING.value)
-            .values(status=status.value)
-        )
-    return {campaign_id for _, campaign_id in closed}
+    """The one way unsent chunks end without a request (cancel, stop, end_at, a row the daemon
+    cannot use): they and their contacts take ``status``. Returns the campaigns touched."""
+    moved = move_chunks(conn, Chunk.campaign_id.in_(campaign_ids), (ChunkStatus.PENDING,), status, now,
+                        finished_at=now, last_error=reason)
+    return {campaign_id for _, campaign_id in moved}
 
 
 def close_stopped_and_ended(conn: Connection, now: datetime) -> set[int]:
@@ -149,16 +168,12 @@ def claim_next(
         if remaining:
             break
         # every contact was suppressed, or called by another campaign, since ingestion
-        conn.execute(update(Chunk).where(Chunk.id == row.id).values(
-            status=ChunkStatus.CANCELLED.value, finished_at=now, updated_at=now, contact_count=0,
-            last_error="no contact left to call (suppressed or recently contacted)"))
+        move_chunks(conn, Chunk.id == row.id, (ChunkStatus.PENDING,), ChunkStatus.CANCELLED, now,
+                    finished_at=now, contact_count=0, last_error=NOTHING_LEFT)
         refresh_if_settled(conn, row.campaign_id, now)
     attempt = row.attempts + 1
-    conn.execute(
-        update(Chunk).where(Chunk.id == row.id).values(
-            status=ChunkStatus.SUBMITTING.value, attempts=attempt, lease_owner=worker,
-            lease_expires_at=times.lease_until, updated_at=now)
-    )
+    move_chunks(conn, Chunk.id == row.id, (ChunkStatus.PENDING,), ChunkStatus.SUBMITTING, now,
+                attempts=attempt, lease_owner=worker, lease_expires_at=times.lease_until)
     submission_id: int = conn.execute(
         insert(Submission).returning(Submission.id).values(
             campaign_id=row.campaign_id, chunk_id=row.id, attempt=attempt, worker=worker, started_at=now,
@@ -289,37 +304,36 @@ def _unless_everything_is_refused(conn: Connection, campaign_id: int, plan: Next
 
 
 FINAL_STEPS = {
-    Step.SUCCEEDED: (ChunkStatus.SUCCEEDED, ContactStatus.QUEUED),
-    Step.FAILED: (ChunkStatus.FAILED, ContactStatus.FAILED),
-    Step.REJECTED: (ChunkStatus.REJECTED, ContactStatus.REJECTED),
-    Step.UNKNOWN: (ChunkStatus.UNKNOWN, ContactStatus.UNKNOWN),
+    Step.SUCCEEDED: ChunkStatus.SUCCEEDED,
+    Step.FAILED: ChunkStatus.FAILED,
+    Step.REJECTED: ChunkStatus.REJECTED,
+    Step.UNKNOWN: ChunkStatus.UNKNOWN,
 }
 
 
 def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datetime) -> None:
-    chunk = update(Chunk).where(Chunk.id == claim.chunk_id)
-    released = dict(lease_owner=None, lease_expires_at=None, updated_at=now, last_error=plan.message)
+    """Move the answered chunk (``submitting``, or ``unknown`` when declared so meanwhile) on."""
+    released: dict[str, Any] = dict(lease_owner=None, lease_expires_at=None, last_error=plan.message)
     step = plan.step
+
+    def move(target: ChunkStatus, **values: Any) -> None:
+        sources = states.sources_for(target, (ChunkStatus.SUBMITTING, ChunkStatus.UNKNOWN))
+        reason = plan.message if step is Step.REJECTED else None
+        move_chunks(conn, Chunk.id == claim.chunk_id, sources, target, now, reason=reason, **released, **values)
+
     if step in (Step.PAUSE_ACCOUNT, Step.PAUSE_CAMPAIGN, Step.FAIL_CAMPAIGN):
         # Nothing was queued and the chunk is not to blame: it waits, its attempt not consumed.
-        conn.execute(chunk.values(status=ChunkStatus.PENDING.value, attempts=Chunk.attempts - 1,
-                                        next_attempt_at=None, **released))
+        move(ChunkStatus.PENDING, attempts=Chunk.attempts - 1, next_attempt_at=None)
         stop_campaigns(conn, claim.campaign_id, step, plan.message or "", now)
     elif step is Step.RETRY:
-        conn.execute(chunk.values(status=ChunkStatus.PENDING.value, next_attempt_at=plan.retry_at, **released))
+        move(ChunkStatus.PENDING, next_attempt_at=plan.retry_at)
     elif step is Step.SPLIT:
-        conn.execute(chunk.values(status=ChunkStatus.SPLIT.value, finished_at=now, **released))
+        move(ChunkStatus.SPLIT, finished_at=now)
         split(conn, claim.chunk_id, claim.campaign_id, now)
     else:
-        chunk_status, contact_status = FINAL_STEPS[step]
         if step is Step.SUCCEEDED:
             released["last_error"] = None
-        conn.execute(chunk.values(status=chunk_status.value, finished_at=now, **released))
-        contacts: dict[str, Any] = {"status": contact_status.value}
-        if step is Step.REJECTED:
-            contacts["reason"] = plan.message
-        conn.execute(update(Contact).where(Contact.chunk_id == claim.chunk_id,
-                                           Contact.status == ContactStatus.PENDING.value).values(**contacts))
+        move(FINAL_STEPS[step], finished_at=now)
         if step is Step.SUCCEEDED:
             remember_queued(conn, claim.chunk_id, claim.campaign_id, now)
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Collection, NamedTuple, Sequence, TypeVar
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import and_, case, delete, func, insert, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -374,31 +375,19 @@ class DaemonQueries(_Store):
                 update(Campaign).where(Campaign.ingested_at.is_(None), Campaign.lease_owner.is_not(None),
                                        Campaign.lease_owner.not_in(live) | Campaign.lease_owner.in_(list(also_dead)))
                 .values(lease_owner=None, lease_expires_at=None))
-            ids = (
-                await session.scalars(
-                    select(Chunk.id).where(Chunk.status == ChunkStatus.SUBMITTING.value, stale)
-                )
-            ).all()
+            reason = "the daemon stopped before Plum's answer was recorded: the calls may have been queued"
+            moved = await (await session.connection()).run_sync(
+                ledger.move_chunks, stale, (ChunkStatus.SUBMITTING,), ChunkStatus.UNKNOWN, now,
+                last_error=reason, lease_owner=None, lease_expires_at=None, finished_at=now)
+            ids = [chunk_id for chunk_id, _ in moved]
             if not ids:
                 return 0
-            reason = "the daemon stopped before Plum's answer was recorded: the calls may have been queued"
-            await session.execute(
-                update(Chunk)
-                .where(Chunk.id.in_(ids))
-                .values(status=ChunkStatus.UNKNOWN.value, last_error=reason, lease_owner=None,
-                        lease_expires_at=None, finished_at=now, updated_at=now)
-            )
             await session.execute(
                 update(Submission)
                 .where(Submission.chunk_id.in_(ids), Submission.outcome == "sending")
                 .values(outcome="unknown", error=reason, finished_at=now)
             )
-            await session.execute(
-                update(Contact).where(Contact.chunk_id.in_(ids), Contact.status == ContactStatus.PENDING.value)
-                .values(status=ContactStatus.UNKNOWN.value)
-            )
-            campaigns = set((await session.scalars(select(Chunk.campaign_id).where(Chunk.id.in_(ids)))).all())
-            for campaign_id in campaigns:
+            for campaign_id in {campaign_id for _, campaign_id in moved}:
                 await self._refresh(session, campaign_id, now)
         return len(ids)
 
@@ -432,22 +421,19 @@ class DaemonQueries(_Store):
         are ``out_of_window``. A chunk claimed or moved since it was read is left alone."""
         async with self._write() as session:
             touched: set[int] = set()
+            conn = await session.connection()
             for move in moves:
-                still = (Chunk.id == move.chunk_id, Chunk.status == ChunkStatus.PENDING.value,
-                         Chunk.window_start_at == move.old[0], Chunk.window_end_at == move.old[1])
-                values: dict[str, Any] = dict(updated_at=now)
+                still = and_(Chunk.id == move.chunk_id, Chunk.status == ChunkStatus.PENDING.value,
+                             Chunk.window_start_at == move.old[0], Chunk.window_end_at == move.old[1])
                 if move.new is not None:
-                    values.update(window_start_at=move.new[0], window_end_at=move.new[1])
-                else:
-                    values.update(status=ChunkStatus.EXPIRED.value, finished_at=now, last_error=NO_WINDOW_LEFT)
-                campaign_id = await session.scalar(update(Chunk).where(*still).values(**values)
-                                                   .returning(Chunk.campaign_id))
-                if campaign_id is not None and move.new is None:
-                    await session.execute(
-                        update(Contact).where(Contact.chunk_id == move.chunk_id,
-                                              Contact.status == ContactStatus.PENDING.value)
-                        .values(status=ContactStatus.OUT_OF_WINDOW.value, reason=NO_WINDOW_LEFT))
-                    touched.add(campaign_id)
+                    await session.execute(update(Chunk).where(still).values(
+                        window_start_at=move.new[0], window_end_at=move.new[1], updated_at=now))
+                    continue
+                moved = await conn.run_sync(
+                    ledger.move_chunks, still, (ChunkStatus.PENDING,), ChunkStatus.EXPIRED, now,
+                    contacts=ContactStatus.OUT_OF_WINDOW, reason=NO_WINDOW_LEFT, finished_at=now,
+                    last_error=NO_WINDOW_LEFT)
+                touched.update(campaign_id for _, campaign_id in moved)
             for campaign_id in touched:
                 await self._refresh(session, campaign_id, now)
 
@@ -617,11 +603,9 @@ class DaemonQueries(_Store):
                 .correlate(Chunk).scalar_subquery()
             )
             await session.execute(update(Chunk).where(Chunk.campaign_id == campaign_id).values(contact_count=sizes))
-            await session.execute(
-                update(Chunk).where(Chunk.campaign_id == campaign_id, Chunk.contact_count == 0).values(
-                    status=ChunkStatus.CANCELLED.value, finished_at=now,
-                    last_error="no contact left to call (suppressed or recently contacted)")
-            )
+            await (await session.connection()).run_sync(
+                ledger.move_chunks, and_(Chunk.campaign_id == campaign_id, Chunk.contact_count == 0),
+                (ChunkStatus.PENDING,), ChunkStatus.CANCELLED, now, finished_at=now, last_error=ledger.NOTHING_LEFT)
             await self._refresh(session, campaign_id, now)
 
     # -- chunks: claiming and recording --------------------------------------------
@@ -639,24 +623,17 @@ class DaemonQueries(_Store):
     async def release_claim(self, claim: ClaimedChunk, expired_at: datetime | None = None) -> None:
         """Undo a claim whose request was never sent: back to pending (shutdown between
         claim and POST), or expired (the campaign's window closed meanwhile)."""
-        values: dict[str, Any] = dict(status=ChunkStatus.PENDING.value, attempts=Chunk.attempts - 1,
-                                      lease_owner=None, lease_expires_at=None)
+        values: dict[str, Any] = dict(attempts=Chunk.attempts - 1, lease_owner=None, lease_expires_at=None)
+        target = ChunkStatus.PENDING
         if expired_at is not None:
-            values.update(status=ChunkStatus.EXPIRED.value, finished_at=expired_at,
-                          last_error=ledger.ENDED_REASON)
+            target = ChunkStatus.EXPIRED
+            values.update(finished_at=expired_at, last_error=ledger.ENDED_REASON)
         async with self._write() as session:
             await session.execute(delete(Submission).where(Submission.id == claim.submission_id))
-            await session.execute(
-                update(Chunk)
-                .where(Chunk.id == claim.chunk_id, Chunk.status == ChunkStatus.SUBMITTING.value)
-                .values(**values)
-            )
+            await (await session.connection()).run_sync(
+                ledger.move_chunks, Chunk.id == claim.chunk_id, (ChunkStatus.SUBMITTING,), target,
+                expired_at or utcnow(), **values)
             if expired_at is not None:
-                await session.execute(
-                    update(Contact)
-                    .where(Contact.chunk_id == claim.chunk_id, Contact.status == ContactStatus.PENDING.value)
-                    .values(status=ContactStatus.EXPIRED.value)
-                )
                 await self._refresh(session, claim.campaign_id, expired_at)
 
     async def chunk_contacts(self, chunk_id: int) -> list[tuple[str, str | None]]:
@@ -684,7 +661,7 @@ class DaemonQueries(_Store):
     async def resend_chunks(self, campaign_id: int | None, chunk_id: int | None, now: datetime) -> int:
         """An admin decided: send these unknown chunks again."""
         async with self._write() as session:
-            where = [Chunk.status == ChunkStatus.UNKNOWN.value]
+            where: list[ColumnElement[bool]] = []
             if chunk_id is not None:
                 chunk = await session.get(Chunk, chunk_id)
                 if chunk is None:
@@ -697,26 +674,19 @@ class DaemonQueries(_Store):
                 if await session.get(Campaign, campaign_id) is None:
                     raise NotFound(f"no campaign with id {campaign_id}")
                 where.append(Chunk.campaign_id == campaign_id)
-            ids = (await session.scalars(select(Chunk.id).where(*where))).all()
-            if not ids:
+            moved = await (await session.connection()).run_sync(
+                ledger.move_chunks, and_(*where), (ChunkStatus.UNKNOWN,), ChunkStatus.PENDING, now,
+                next_attempt_at=None, lease_owner=None, lease_expires_at=None, finished_at=None,
+                last_error="resent by an admin after an unknown outcome")
+            if not moved:
                 return 0
-            await session.execute(
-                update(Chunk).where(Chunk.id.in_(ids)).values(
-                    status=ChunkStatus.PENDING.value, next_attempt_at=None, lease_owner=None,
-                    lease_expires_at=None, finished_at=None, updated_at=now,
-                    last_error="resent by an admin after an unknown outcome",
-                )
-            )
-            await session.execute(
-                update(Contact).where(Contact.chunk_id.in_(ids)).values(status=ContactStatus.PENDING.value)
-            )
             assert campaign_id is not None
             campaign = await session.get(Campaign, campaign_id)
             if campaign is not None and campaign.status != CampaignStatus.RUNNING.value:
                 campaign.status = CampaignStatus.SCHEDULED.value
                 campaign.finished_at = None
             await self._refresh(session, campaign_id, now)
-            return len(ids)
+            return len(moved)
 
 
 def _ingestion_abandoned(row: Campaign, now: datetime) -> bool:
