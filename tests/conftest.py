@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
 import uuid
 from pathlib import Path
 
@@ -72,9 +74,17 @@ def db_url(request, tmp_path) -> str:
     return url
 
 
+@asynccontextmanager
+async def repository_at(url: str) -> AsyncIterator[Repository]:
+    """A repository on its own engine, closed (threads and engines) afterwards."""
+    repository = Repository(db.create_engine(url))
+    try:
+        yield repository
+    finally:
+        await repository.close()
+
+
 @pytest.fixture
 async def repo(db_url):
-    engine = db.create_engine(db_url)
-    repository = Repository(engine)
-    yield repository
-    await repository.close()
+    async with repository_at(db_url) as repository:
+        yield repository

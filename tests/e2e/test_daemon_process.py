@@ -13,7 +13,7 @@ import pytest
 
 from scheduler import db
 from scheduler.repository import Repository
-from tests.conftest import REPO_ROOT, _truncate_pg
+from tests.conftest import REPO_ROOT, _truncate_pg, repository_at
 from tests.support.harness import campaign, e164, rows, simulator, valid_numbers, wait_for, write_contacts
 
 FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
@@ -46,10 +46,8 @@ async def start_daemon(config: Path, log_path: Path) -> asyncio.subprocess.Proce
 
 @pytest.fixture
 async def repo_for(db_url):
-    engine = db.create_engine(db_url)
-    repo = Repository(engine)
-    yield repo
-    await repo.close()
+    async with repository_at(db_url) as repo:
+        yield repo
 
 
 async def test_kill_9_then_restart_never_queues_a_number_twice(repo_for, db_url, tmp_path):

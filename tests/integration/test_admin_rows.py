@@ -18,9 +18,7 @@ from sqlalchemy.engine import make_url
 
 from scheduler.ingest import ingest_campaign
 from scheduler.repository import utcnow
-from scheduler import db
-from scheduler.repository import Repository
-from tests.conftest import _migrate, _truncate_pg
+from tests.conftest import _migrate, _truncate_pg, repository_at
 from tests.support.harness import (
     e164,
     rows,
@@ -77,18 +75,14 @@ def postgres_url(pg_url) -> str:
 
 @pytest.fixture
 async def sqlite_repo(sqlite_url):
-    engine = db.create_engine(sqlite_url)
-    repo = Repository(engine)
-    yield repo
-    await repo.close()
+    async with repository_at(sqlite_url) as repo:
+        yield repo
 
 
 @pytest.fixture
 async def postgres_repo(postgres_url):
-    engine = db.create_engine(postgres_url)
-    repo = Repository(engine)
-    yield repo
-    await repo.close()
+    async with repository_at(postgres_url) as repo:
+        yield repo
 
 
 def sql_time(moment: datetime, offset_hours: int = 0) -> str:
