@@ -17,7 +17,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator, Callable, Coroutine
 
 from rich.console import Console
 from rich.table import Table
@@ -32,7 +32,7 @@ from .rules import WaitBounds, campaign_problems, parse_when
 
 EXIT_USER_ERROR = 2
 
-Handler = Callable[[argparse.Namespace, Settings], Awaitable[int]]
+Handler = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -226,12 +226,12 @@ def _add_campaign_commands(commands: Any) -> None:
 @asynccontextmanager
 async def _repository(settings: Settings) -> AsyncIterator[Repository]:
     """The repository on a migrated database, closed afterwards."""
-    engine = db.create_engine(settings.database.url)
+    repo = Repository(db.create_engine(settings.database.url))
     try:
-        await db.ensure_migrated(engine)
-        yield Repository(engine)
+        await db.ensure_migrated(repo.engine)
+        yield repo
     finally:
-        await engine.dispose()
+        await repo.close()
 
 
 async def cmd_db_upgrade(args: argparse.Namespace, settings: Settings) -> int:
@@ -700,7 +700,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(args.config) if getattr(args, "needs_config", True) else Settings()
-        return asyncio.run(args.handler(args, settings))
+        handler: Handler = args.handler
+        return asyncio.run(handler(args, settings))
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -297,3 +297,7 @@ class Dispatcher:
         if result.error and result.outcome is not Outcome.ACCEPTED:
             text += f" error={result.error!r}"
         submission_log.log(level, "submission %s", text, extra={"fields": fields | {"error": result.error}})
+        if applied is None and result.outcome is Outcome.ACCEPTED:
+            log.error("campaign %s chunk %s: Plum accepted this request after the chunk was taken from this "
+                      "daemon (declared unknown, then resent and claimed again): its contacts may be called "
+                      "twice; see `campaign show %s`", claim.campaign_id, claim.chunk_id, claim.campaign_id)

@@ -68,6 +68,7 @@ class ClaimedChunk:
     contacts_header: str | None
     window_start_at: datetime | None = None  # with calling windows: what is sent instead of start_at/end_at
     window_end_at: datetime | None = None
+    worker: str = ""  # the daemon that holds the claim: only it may give the chunk back
 
     def call_window(self, now: datetime) -> tuple[datetime, datetime]:
         """start_timestamp / end_timestamp: the chunk's calling window, else the campaign's times."""
@@ -183,7 +184,7 @@ def claim_next(
         contact_count=remaining, submission_id=submission_id, survey_id=row.survey_id,
         instance_id=row.instance_id, start_at=row.start_at, end_at=row.end_at, max_attempts=row.max_attempts,
         reattempt_wait=row.reattempt_wait, result_url=row.result_url, contacts_header=row.contacts_header,
-        window_start_at=row.window_start_at, window_end_at=row.window_end_at,
+        window_start_at=row.window_start_at, window_end_at=row.window_end_at, worker=worker,
     )
 
 
@@ -279,9 +280,13 @@ def record(conn: Connection, claim: ClaimedChunk, worker: str, result: Any, plan
     )).first()
     # Someone else may have declared it unknown after our lease ran out; our
     # real answer is better than "unknown", but never overrides another owner.
-    if chunk is None or chunk.lease_owner not in (worker, None) or chunk.status not in (
-        ChunkStatus.SUBMITTING.value, ChunkStatus.UNKNOWN.value
-    ):
+    if chunk is None or chunk.lease_owner not in (worker, None):
+        return None
+    if chunk.status == ChunkStatus.PENDING.value and chunk.lease_owner is None and plan.step is Step.SUCCEEDED:
+        # An admin resent it (it had been declared unknown) and nobody claimed it yet: Plum
+        # has just said our request queued it, so sending it again would call everyone twice.
+        plan = NextStep(Step.SUCCEEDED, message=None)
+    elif chunk.status not in (ChunkStatus.SUBMITTING.value, ChunkStatus.UNKNOWN.value):
         return None
     if plan.step in (Step.SPLIT, Step.REJECTED):
         plan = _unless_everything_is_refused(conn, claim.campaign_id, plan, rejection_limit)
@@ -317,7 +322,8 @@ def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datet
     step = plan.step
 
     def move(target: ChunkStatus, **values: Any) -> None:
-        sources = states.sources_for(target, (ChunkStatus.SUBMITTING, ChunkStatus.UNKNOWN))
+        answered = (ChunkStatus.SUBMITTING, ChunkStatus.UNKNOWN, ChunkStatus.PENDING)
+        sources = states.sources_for(target, answered if step is Step.SUCCEEDED else answered[:2])
         reason = plan.message if step is Step.REJECTED else None
         move_chunks(conn, Chunk.id == claim.chunk_id, sources, target, now, reason=reason, **released, **values)
 

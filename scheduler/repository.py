@@ -40,6 +40,7 @@ from .models import (
 from . import ledger
 from .ledger import ClaimedChunk
 from .retry import NextStep
+from .verify import VerifyQueries
 
 if TYPE_CHECKING:
     from .callbacks import CallDetails
@@ -622,17 +623,21 @@ class DaemonQueries(_Store):
 
     async def release_claim(self, claim: ClaimedChunk, expired_at: datetime | None = None) -> None:
         """Undo a claim whose request was never sent: back to pending (shutdown between
-        claim and POST), or expired (the campaign's window closed meanwhile)."""
+        claim and POST), or expired (the campaign's window closed meanwhile). Only while the
+        claim is still its daemon's: a chunk declared unknown, resent or claimed by another
+        daemon meanwhile is left as it is, with its submission rows."""
         values: dict[str, Any] = dict(attempts=Chunk.attempts - 1, lease_owner=None, lease_expires_at=None)
         target = ChunkStatus.PENDING
         if expired_at is not None:
             target = ChunkStatus.EXPIRED
             values.update(finished_at=expired_at, last_error=ledger.ENDED_REASON)
         async with self._write() as session:
+            moved = await (await session.connection()).run_sync(
+                ledger.move_chunks, and_(Chunk.id == claim.chunk_id, Chunk.lease_owner == claim.worker),
+                (ChunkStatus.SUBMITTING,), target, expired_at or utcnow(), **values)
+            if not moved:
+                return
             await session.execute(delete(Submission).where(Submission.id == claim.submission_id))
-            await (await session.connection()).run_sync(
-                ledger.move_chunks, Chunk.id == claim.chunk_id, (ChunkStatus.SUBMITTING,), target,
-                expired_at or utcnow(), **values)
             if expired_at is not None:
                 await self._refresh(session, claim.campaign_id, expired_at)
 
@@ -839,5 +844,5 @@ class ResultQueries(_Store):
             return await _count_by(session, CallResult.status, CallResult.campaign_id == campaign_id)
 
 
-class Repository(AdminQueries, DaemonQueries, ResultQueries):
+class Repository(AdminQueries, DaemonQueries, ResultQueries, VerifyQueries):
     """The one door to the database."""

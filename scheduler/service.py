@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import campaign_review, db, identity, windows
 from .config import Settings, load_settings
 from .dispatcher import Dispatcher
-from .errors import CampaignGone, ConfigError, DatabaseError, IngestionLost, UserError
+from .errors import CampaignGone, ConfigError, DatabaseError, IngestionLost, NotFound, UserError
 from .metrics import Metrics
 from .ingest import ingest_campaign, replan_window
 from .insight import InsightClient
@@ -31,6 +31,7 @@ from .logs import SecretFilter, configure_logging
 from .models import Campaign
 from .phones import warm_up
 from .repository import Repository, WindowMove, utcnow
+from .ledger import FINAL_STATUSES
 from .rules import status_problem
 from .web import WebServer, tick_is_recent
 
@@ -59,6 +60,7 @@ class Daemon:
         self.stopped = asyncio.Event()
         self.last_tick_at: datetime | None = None
         self._ingesting: dict[int, asyncio.Task[bool]] = {}
+        self._finished: set[int] = set()  # campaigns seen final this tick: their ledger is checked
         self.repo: Repository | None = None
         self.dispatcher: Dispatcher | None = None
         self._scheduler: AsyncIOScheduler | None = None
@@ -226,6 +228,7 @@ class Daemon:
         await self._review_campaigns(now)
         await self.repo.abandon_submitting(now, identity.dead_before(now, self.settings.scheduler.poll_interval_seconds))
         await self.repo.housekeeping(now)
+        await self._verify_finished()
         await self._roll_windows(now)
         lease_until = now + timedelta(seconds=self.settings.scheduler.lease_seconds)
         for campaign in await self.repo.campaigns_to_start(now):
@@ -264,11 +267,28 @@ class Daemon:
             return
         if row.status != row.status_seen and await self.repo.see_status(row.id, row.status_seen, row.status):
             log.info("%s", campaign_review.status_message(row))
+            if row.status in FINAL_STATUSES:
+                self._finished.add(row.id)
         problems = campaign_review.problems(row, self.settings, now)
         if problems:
             error = "invalid campaign row: " + "; ".join(problems)
             await self.repo.fail_campaign(row.id, error, now)
             log.warning("campaign %s (%s) failed: %s", row.id, row.name, error)
+
+    async def _verify_finished(self) -> None:
+        """A campaign that became final must add up (scheduler/verify.py); if it does not, the
+        admin reads why in last_error and the log, never a quiet completed_with_errors."""
+        assert self.repo is not None
+        finished, self._finished = self._finished, set()
+        for campaign_id in sorted(finished):
+            try:
+                problems = await self.repo.verify_campaign(campaign_id)
+            except NotFound:  # deleted since
+                continue
+            if problems:
+                text = "the ledger does not add up (run `campaign verify`): " + "; ".join(problems)
+                log.error("campaign %s: %s", campaign_id, text)
+                await self.repo.flag_campaign(campaign_id, text)
 
     async def _roll_windows(self, now: datetime) -> None:
         """Unsent chunks follow their rule: a window that closed unsent moves to the next one

@@ -19,7 +19,9 @@ FINAL_CHUNK = frozenset({C.SUCCEEDED, C.FAILED, C.REJECTED, C.SPLIT, C.EXPIRED, 
 ON_ANSWER = frozenset({C.PENDING, C.SUCCEEDED, C.FAILED, C.REJECTED, C.SPLIT, C.UNKNOWN})
 
 CHUNK_TRANSITIONS: dict[C, frozenset[C]] = {
-    C.PENDING: frozenset({C.SUBMITTING, C.CANCELLED, C.EXPIRED}),
+    # pending -> succeeded: a late acceptance of an earlier request of a chunk an admin
+    # resent (after it was declared unknown) before anyone claimed it again.
+    C.PENDING: frozenset({C.SUBMITTING, C.CANCELLED, C.EXPIRED, C.SUCCEEDED}),
     C.SUBMITTING: ON_ANSWER | {C.EXPIRED},  # expired: given back unsent after end_at
     C.UNKNOWN: ON_ANSWER - {C.UNKNOWN},
     **{final: frozenset() for final in FINAL_CHUNK},

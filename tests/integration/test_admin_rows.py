@@ -381,3 +381,23 @@ async def test_insert_or_replace_on_a_sent_campaign_keeps_its_ledger(tmp_path, s
     assert await scalar(repo, f"SELECT count(*) FROM submissions WHERE campaign_id = {campaign_id}") == requests == 3
     assert await scalar(repo, f"SELECT count(*) FROM contacts WHERE campaign_id = {campaign_id} "
                               "AND status = 'queued'") == 30
+
+
+async def test_a_ledger_that_does_not_add_up_when_final_is_an_error_not_a_quiet_finish(tmp_path, repo, db_url,
+                                                                                     caplog):
+    caplog.set_level(logging.ERROR, logger="scheduler")
+    async with simulator() as sim:
+        campaign_id, settings = await _running_with_sends(repo, db_url, sim, tmp_path, count=200, rate=20.0)
+        async with running_daemon(settings):
+            await _wait_requests(sim, 2)
+            await admin_sql(db_url, f"UPDATE campaigns SET contacts_total = 999 WHERE id = {campaign_id}")
+            await wait_for(repo, campaign_id, FINAL)
+            for _ in range(50):  # the check runs in the tick after the finish
+                row = await repo.get_campaign(campaign_id)
+                if row.last_error:
+                    break
+                await asyncio.sleep(0.1)
+    assert row.status == "completed"
+    assert row.last_error.startswith("the ledger does not add up (run `campaign verify`): contacts_total is 999")
+    errors = [r.getMessage() for r in caplog.records if "does not add up" in r.getMessage()]
+    assert len(errors) == 1 and f"campaign {campaign_id}:" in errors[0]
