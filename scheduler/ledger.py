@@ -404,6 +404,10 @@ def refresh_if_settled(conn: Connection, campaign_id: int, now: datetime) -> Non
 
 def refresh(conn: Connection, campaign_id: int, now: datetime) -> None:
     """Recompute the row's chunk counters from the chunks table; finish it when nothing is open."""
+    if is_postgres(conn):
+        # Counting and writing must be one step per campaign: two daemons refreshing at once
+        # once let an older count land after the finish (completed, with 100 contacts short).
+        conn.execute(select(Campaign.id).where(Campaign.id == campaign_id).with_for_update())
     counts: dict[str, int] = {}
     sizes: dict[str, int] = {}
     for status, count, contacts in (conn.execute(

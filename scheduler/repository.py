@@ -400,7 +400,7 @@ class DaemonQueries(_Store):
                 select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING.value,
                                           Campaign.ingested_at.is_not(None))
             )
-            for campaign_id in touched | set(running.all()):
+            for campaign_id in sorted(touched | set(running.all())):  # one lock order for every daemon
                 await self._refresh(session, campaign_id, now)
 
     async def unsent_windows(self) -> list[UnsentWindow]:
