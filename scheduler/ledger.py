@@ -68,7 +68,8 @@ class ClaimedChunk:
     contacts_header: str | None
     window_start_at: datetime | None = None  # with calling windows: what is sent instead of start_at/end_at
     window_end_at: datetime | None = None
-    worker: str = ""  # the daemon that holds the claim: only it may give the chunk back
+    worker: str = ""  # the daemon that holds the claim
+    token: int = 0  # chunks.claim_token at this claim: writes under the claim check it (the fence)
 
     def call_window(self, now: datetime) -> tuple[datetime, datetime]:
         """start_timestamp / end_timestamp: the chunk's calling window, else the campaign's times."""
@@ -118,15 +119,16 @@ def move_chunks(conn: Connection, /, where: ColumnElement[bool], sources: tuple[
         .returning(Chunk.id, Chunk.campaign_id)).all()]
     follow = contacts or states.CONTACT_OF[target]
     if follow is not None:
-        _move_contacts(conn, [chunk_id for chunk_id, _ in moved], follow, reason)
+        _move_contacts(conn, [chunk_id for chunk_id, _ in moved], follow, reason, states.contacts_of(sources))
     return moved
 
 
-def _move_contacts(conn: Connection, chunk_ids: list[int], status: ContactStatus, reason: str | None) -> None:
+def _move_contacts(conn: Connection, chunk_ids: list[int], status: ContactStatus, reason: str | None,
+                   sources: frozenset[ContactStatus]) -> None:
     values: dict[str, Any] = {"status": status.value}
     if reason is not None:
         values["reason"] = reason
-    waiting = [s.value for s in states.MOVING_CONTACTS if s is not status]
+    waiting = [s.value for s in sources if s is not status]
     for start in range(0, len(chunk_ids), 500):
         conn.execute(update(Contact).where(Contact.chunk_id.in_(chunk_ids[start:start + 500]),
                                            Contact.status.in_(waiting)).values(**values))
@@ -172,9 +174,9 @@ def claim_next(
         move_chunks(conn, Chunk.id == row.id, (ChunkStatus.PENDING,), ChunkStatus.CANCELLED, now,
                     finished_at=now, contact_count=0, last_error=NOTHING_LEFT)
         refresh_if_settled(conn, row.campaign_id, now)
-    attempt = row.attempts + 1
+    attempt, token = row.attempts + 1, row.claim_token + 1
     move_chunks(conn, Chunk.id == row.id, (ChunkStatus.PENDING,), ChunkStatus.SUBMITTING, now,
-                attempts=attempt, lease_owner=worker, lease_expires_at=times.lease_until)
+                attempts=attempt, claim_token=token, lease_owner=worker, lease_expires_at=times.lease_until)
     submission_id: int = conn.execute(
         insert(Submission).returning(Submission.id).values(
             campaign_id=row.campaign_id, chunk_id=row.id, attempt=attempt, worker=worker, started_at=now,
@@ -184,7 +186,7 @@ def claim_next(
         contact_count=remaining, submission_id=submission_id, survey_id=row.survey_id,
         instance_id=row.instance_id, start_at=row.start_at, end_at=row.end_at, max_attempts=row.max_attempts,
         reattempt_wait=row.reattempt_wait, result_url=row.result_url, contacts_header=row.contacts_header,
-        window_start_at=row.window_start_at, window_end_at=row.window_end_at, worker=worker,
+        window_start_at=row.window_start_at, window_end_at=row.window_end_at, worker=worker, token=token,
     )
 
 
@@ -192,7 +194,7 @@ def _ready_chunks(times: ClaimTimes, after_campaign_id: int) -> Any:
     """Pending chunks that may be sent now (retry time, calling window, running campaign), next campaign first."""
     now = times.now
     return (
-        select(Chunk.id, Chunk.campaign_id, Chunk.seq, Chunk.attempts, Chunk.contact_count,
+        select(Chunk.id, Chunk.campaign_id, Chunk.seq, Chunk.attempts, Chunk.claim_token, Chunk.contact_count,
                Chunk.window_start_at, Chunk.window_end_at,
                Campaign.survey_id, Campaign.instance_id, Campaign.start_at, Campaign.end_at,
                Campaign.max_attempts, Campaign.reattempt_wait, Campaign.result_url, Campaign.contacts_header)
@@ -276,18 +278,17 @@ def record(conn: Connection, claim: ClaimedChunk, worker: str, result: Any, plan
             response_excerpt=result.excerpt, latency_seconds=result.latency_seconds)
     )
     chunk = (conn.execute(
-        select(Chunk.status, Chunk.lease_owner).where(Chunk.id == claim.chunk_id)
+        select(Chunk.status, Chunk.claim_token).where(Chunk.id == claim.chunk_id)
     )).first()
-    # Someone else may have declared it unknown after our lease ran out; our
-    # real answer is better than "unknown", but never overrides another owner.
-    if chunk is None or chunk.lease_owner not in (worker, None):
+    # The fence: a chunk claimed again since (by any daemon, this one included) is that
+    # claim's. Without a new claim our real answer is the truth, even after the chunk was
+    # declared unknown, or then resent, cancelled or expired before anyone sent it again.
+    if chunk is None or chunk.claim_token != claim.token:
         return None
-    if chunk.status == ChunkStatus.PENDING.value and chunk.lease_owner is None and plan.step is Step.SUCCEEDED:
-        # An admin resent it (it had been declared unknown) and nobody claimed it yet: Plum
-        # has just said our request queued it, so sending it again would call everyone twice.
-        plan = NextStep(Step.SUCCEEDED, message=None)
-    elif chunk.status not in (ChunkStatus.SUBMITTING.value, ChunkStatus.UNKNOWN.value):
-        return None
+    if chunk.status not in (ChunkStatus.SUBMITTING.value, ChunkStatus.UNKNOWN.value):
+        if plan.step is not Step.SUCCEEDED:
+            return None  # not queued by us: the resend, cancel or expiry stands
+        plan = NextStep(Step.SUCCEEDED)  # queued: sending it again would call everyone twice
     if plan.step in (Step.SPLIT, Step.REJECTED):
         plan = _unless_everything_is_refused(conn, claim.campaign_id, plan, rejection_limit)
     apply_step(conn, claim, plan, now)
@@ -322,8 +323,7 @@ def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datet
     step = plan.step
 
     def move(target: ChunkStatus, **values: Any) -> None:
-        answered = (ChunkStatus.SUBMITTING, ChunkStatus.UNKNOWN, ChunkStatus.PENDING)
-        sources = states.sources_for(target, answered if step is Step.SUCCEEDED else answered[:2])
+        sources = states.sources_for(target, states.ANSWERABLE)
         reason = plan.message if step is Step.REJECTED else None
         move_chunks(conn, Chunk.id == claim.chunk_id, sources, target, now, reason=reason, **released, **values)
 

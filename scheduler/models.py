@@ -234,6 +234,8 @@ class Chunk(Base):
     status: Mapped[str] = mapped_column(String(32), default="pending", server_default=text("'pending'"))
     contact_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Bumped by every claim: what a daemon writes under a claim must carry the current one.
+    claim_token: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

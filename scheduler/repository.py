@@ -633,7 +633,7 @@ class DaemonQueries(_Store):
             values.update(finished_at=expired_at, last_error=ledger.ENDED_REASON)
         async with self._write() as session:
             moved = await (await session.connection()).run_sync(
-                ledger.move_chunks, and_(Chunk.id == claim.chunk_id, Chunk.lease_owner == claim.worker),
+                ledger.move_chunks, and_(Chunk.id == claim.chunk_id, Chunk.claim_token == claim.token),
                 (ChunkStatus.SUBMITTING,), target, expired_at or utcnow(), **values)
             if not moved:
                 return

@@ -18,14 +18,22 @@ FINAL_CHUNK = frozenset({C.SUCCEEDED, C.FAILED, C.REJECTED, C.SPLIT, C.EXPIRED, 
 # `submitting` does on an answer; an admin's resend moves it back to `pending`.
 ON_ANSWER = frozenset({C.PENDING, C.SUCCEEDED, C.FAILED, C.REJECTED, C.SPLIT, C.UNKNOWN})
 
+# -> succeeded from pending, cancelled or expired: Plum accepted the chunk's last request
+# after it had been declared unknown and then resent, cancelled or expired, before any new
+# claim. Its calls are queued; the ledger says so rather than send them again. This is the
+# one move out of a final status.
+LATE_ACCEPTANCE = frozenset({C.PENDING, C.CANCELLED, C.EXPIRED})
+
 CHUNK_TRANSITIONS: dict[C, frozenset[C]] = {
-    # pending -> succeeded: a late acceptance of an earlier request of a chunk an admin
-    # resent (after it was declared unknown) before anyone claimed it again.
     C.PENDING: frozenset({C.SUBMITTING, C.CANCELLED, C.EXPIRED, C.SUCCEEDED}),
     C.SUBMITTING: ON_ANSWER | {C.EXPIRED},  # expired: given back unsent after end_at
     C.UNKNOWN: ON_ANSWER - {C.UNKNOWN},
     **{final: frozenset() for final in FINAL_CHUNK},
+    C.CANCELLED: frozenset({C.SUCCEEDED}),
+    C.EXPIRED: frozenset({C.SUCCEEDED}),
 }
+# Where an answer to a claim can find its chunk (see ledger.record's fence).
+ANSWERABLE = (C.SUBMITTING, C.UNKNOWN, *sorted(LATE_ACCEPTANCE))
 
 # What a chunk's pending contacts become when the chunk moves (None: they stay pending).
 CONTACT_OF: dict[C, K | None] = {
@@ -38,6 +46,18 @@ CONTACT_OF: dict[C, K | None] = {
 
 # The contacts a chunk move takes along: those waiting with it, or written off with it.
 MOVING_CONTACTS = (K.PENDING, K.UNKNOWN)
+
+
+def contacts_of(sources: tuple[C, ...]) -> frozenset[K]:
+    """The contact statuses that follow a chunk leaving ``sources`` (suppressed and recently
+    contacted ones were taken out of the chunk and stay as they are)."""
+    found = set(MOVING_CONTACTS)
+    for source in sources:
+        if CONTACT_OF[source] is not None:
+            found.add(CONTACT_OF[source])  # type: ignore[arg-type]
+        if source is C.EXPIRED:
+            found.add(K.OUT_OF_WINDOW)
+    return frozenset(found)
 
 
 def sources_for(target: C, candidates: tuple[C, ...]) -> tuple[C, ...]:

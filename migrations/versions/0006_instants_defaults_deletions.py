@@ -130,6 +130,8 @@ def upgrade() -> None:
     with op.batch_alter_table('suppressions', schema=None) as batch_op:
         batch_op.alter_column('added_at', existing_type=scheduler.models.UTCDateTime(), existing_nullable=False,
                               server_default=sa.text('CURRENT_TIMESTAMP'))
+    with op.batch_alter_table('chunks', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('claim_token', sa.Integer(), server_default=sa.text('0'), nullable=False))
     with op.batch_alter_table('workers', schema=None) as batch_op:
         batch_op.add_column(sa.Column('host', sa.String(length=255), nullable=True))
         batch_op.add_column(sa.Column('pid', sa.Integer(), nullable=True))
@@ -153,6 +155,8 @@ def downgrade() -> None:
     with op.batch_alter_table('workers', schema=None) as batch_op:
         for column in ('stopped_at', 'version', 'pid', 'host'):
             batch_op.drop_column(column)
+    with op.batch_alter_table('chunks', schema=None) as batch_op:
+        batch_op.drop_column('claim_token')
     with op.batch_alter_table('suppressions', schema=None) as batch_op:
         batch_op.alter_column('added_at', existing_type=scheduler.models.UTCDateTime(), server_default=None)
     with op.batch_alter_table('campaigns', schema=None) as batch_op:

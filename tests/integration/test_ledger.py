@@ -83,10 +83,41 @@ async def test_claim_then_each_answer(step, repo, tmp_path):
 async def test_a_claim_another_daemon_took_over_is_not_written(repo, tmp_path):
     row = await ingested(repo, tmp_path, count=10)
     claim = await repo.claim_next_chunk("w", times())
-    await execute(repo, "UPDATE chunks SET lease_owner = 'other' WHERE id = :id", id=claim.chunk_id)
+    # as if it had been declared unknown, resent, and claimed by another daemon since
+    await execute(repo, "UPDATE chunks SET lease_owner = 'other', claim_token = claim_token + 1 WHERE id = :id",
+                  id=claim.chunk_id)
     applied = await repo.record_outcome(claim, "w", RESULT[Step.SUCCEEDED], NextStep(Step.SUCCEEDED), NOW)
     assert applied is None
     assert (await statuses(repo, row.id))[0] == {"submitting": 1}
+
+
+async def test_the_same_daemons_stale_claim_is_fenced_by_the_token(repo, tmp_path):
+    """Found by the state machine: daemon a's first claim answered after a's second claim of
+    the same chunk (declared unknown and resent in between) once wrote over the second."""
+    row = await ingested(repo, tmp_path, count=20)  # a second chunk keeps the campaign running
+    first = await repo.claim_next_chunk("a", times())
+    await repo.abandon_submitting(NOW, NOW, also_dead={"a"})
+    await repo.resend_chunks(row.id, None, NOW)
+    second = await repo.claim_next_chunk("a", times())
+    assert (first.token, second.token) == (1, 2)
+    assert await repo.record_outcome(first, "a", RESULT[Step.SUCCEEDED], NextStep(Step.SUCCEEDED), NOW) is None
+    assert await repo.record_outcome(second, "a", RESULT[Step.SUCCEEDED], NextStep(Step.SUCCEEDED), NOW)
+    assert await repo.verify_campaign(row.id) == []
+
+
+@pytest.mark.parametrize("then", ["resend", "cancel"])
+async def test_a_late_acceptance_after_a_resend_or_cancel_is_the_truth(then, repo, tmp_path):
+    row = await ingested(repo, tmp_path, count=20)
+    claim = await repo.claim_next_chunk("a", times())
+    await repo.abandon_submitting(NOW, NOW, also_dead={"a"})
+    await repo.resend_chunks(row.id, None, NOW)
+    if then == "cancel":
+        await repo.change_status(row.id, CampaignStatus.CANCELLED)
+    applied = await repo.record_outcome(claim, "a", RESULT[Step.SUCCEEDED], NextStep(Step.SUCCEEDED), NOW)
+    assert applied is not None and applied.step is Step.SUCCEEDED
+    closed = "cancelled" if then == "cancel" else "pending"
+    assert await statuses(repo, row.id) == ({"succeeded": 1, closed: 1}, {"queued": 10, closed: 10})
+    assert await repo.verify_campaign(row.id) == []
 
 
 async def test_a_late_answer_for_an_unknown_chunk_moves_its_contacts_too(repo, tmp_path):

@@ -8,6 +8,7 @@ after a housekeeping pass (the daemon's tick) also the counters of final ones.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import shutil
 import uuid
@@ -55,6 +56,8 @@ RESULTS = {
     "campaign_invalid": SubmitResult(Outcome.CAMPAIGN_INVALID, 404, "survey not found", None, 0.01),
     "client_bug": SubmitResult(Outcome.CLIENT_BUG, 400, "start_timestamp must be a Unix timestamp", None, 0.01),
 }
+# CI runs 25 per database; INSIGHT_STATEFUL_EXAMPLES=400 for a longer search.
+MAX_EXAMPLES = int(os.environ.get("INSIGHT_STATEFUL_EXAMPLES", "25"))
 EXAMPLES_RUN: dict[str, int] = {}
 
 
@@ -272,11 +275,11 @@ def test_the_ledger_adds_up_after_every_step(db_url, tmp_path, record_property):
     before = EXAMPLES_RUN.get(database, 0)
     try:
         run_state_machine_as_test(LedgerMachine, settings=settings(
-            max_examples=25, stateful_step_count=30, deadline=None, database=None))
+            max_examples=MAX_EXAMPLES, stateful_step_count=30, deadline=None, database=None))
     finally:
         machines = EXAMPLES_RUN.get(database, 0) - before  # shrinking a failure runs more
         record_property("hypothesis_state_machines_run", machines)
-        print(f"\n{database}: {machines} hypothesis state machines run (max_examples=25)")
+        print(f"\n{database}: {machines} hypothesis state machines run (max_examples={MAX_EXAMPLES})")
 
 
 # Interleavings the machine found, replayed on both databases so they fail (or pass) every run.

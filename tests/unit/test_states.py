@@ -14,6 +14,8 @@ ALLOWED = {
     (C.SUBMITTING, C.REJECTED), (C.SUBMITTING, C.SPLIT), (C.SUBMITTING, C.UNKNOWN), (C.SUBMITTING, C.EXPIRED),
     (C.UNKNOWN, C.PENDING), (C.UNKNOWN, C.SUCCEEDED), (C.UNKNOWN, C.FAILED), (C.UNKNOWN, C.REJECTED),
     (C.UNKNOWN, C.SPLIT),
+    # a late acceptance of the chunk's last request, before any new claim (ledger.record's fence)
+    (C.CANCELLED, C.SUCCEEDED), (C.EXPIRED, C.SUCCEEDED),
 }
 
 
@@ -26,10 +28,12 @@ def test_every_pair_is_allowed_or_raises(source, target):
             check_move((source,), target)
 
 
-def test_final_statuses_never_move_and_every_status_is_in_the_table():
+def test_final_statuses_never_move_but_for_a_late_acceptance_and_every_status_is_in_the_table():
     assert set(CHUNK_TRANSITIONS) == set(C)
-    for final in (C.SUCCEEDED, C.FAILED, C.REJECTED, C.SPLIT, C.EXPIRED, C.CANCELLED):
+    for final in (C.SUCCEEDED, C.FAILED, C.REJECTED, C.SPLIT):
         assert CHUNK_TRANSITIONS[final] == frozenset()
+    for final in (C.EXPIRED, C.CANCELLED):
+        assert CHUNK_TRANSITIONS[final] == frozenset({C.SUCCEEDED})
 
 
 @pytest.mark.parametrize("target, sources", [
