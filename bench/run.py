@@ -256,6 +256,8 @@ async def ingest_once(path: Path, db_url: str, calling_window: str | None = None
     now = utcnow()
     # three days: with calling windows every zone has a window before end_at
     row = await repo.create_campaign(NewCampaign("bench", "1", "1", str(path), now, now + timedelta(days=3)))
+    # ingestion is fenced by the campaign's claim, as the daemon's tick takes it
+    row = await repo.claim_campaign(row.id, "bench", now, now + timedelta(hours=1))
     stall = 0.0
     done = asyncio.Event()
 
@@ -275,7 +277,7 @@ async def ingest_once(path: Path, db_url: str, calling_window: str | None = None
     await watcher
     current = await repo.get_campaign(row.id)
     report = await repo.campaign_report(row.id)
-    await engine.dispose()
+    await repo.close()
     return {
         "ok": ok, "seconds": seconds, "contacts": current.contacts_total, "chunks": current.chunks_total,
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
