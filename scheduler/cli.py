@@ -26,7 +26,8 @@ from . import db, windows
 from .config import Settings, load_settings
 from .errors import UserError
 from .models import Campaign, CampaignStatus
-from .reports import fmt_time, print_report, report_as_dict
+from .breaker import account_key
+from .reports import fmt_time, plum_state, print_report, report_as_dict
 from .repository import NewCampaign, Repository
 from .rules import WaitBounds, campaign_problems, parse_when
 
@@ -128,13 +129,21 @@ def _add_simulate_command(commands: Any) -> None:
     sim.add_argument("--reject-number", dest="reject_numbers", action="append", metavar="NUMBER",
                      help="a chunk containing this number gets HTTP 400 (repeatable)")
     sim.add_argument("--callback-delay-seconds", type=float, metavar="S", help="POST call_details to result_url")
+    sim.add_argument("--outage-status", type=int, metavar="CODE",
+                     help="one outage: every request in it gets this HTTP status (e.g. 503, 500, 429), nothing queued")
+    sim.add_argument("--outage-seconds", type=float, metavar="S", help="how long the outage lasts")
+    sim.add_argument("--outage-after-requests", type=int, metavar="N",
+                     help="the outage begins at request N+1 (default 0: the first request)")
+    sim.add_argument("--outage-retry-after-seconds", type=int, metavar="S",
+                     help="Retry-After on outage answers with status 429 or 503")
     sim.add_argument("--seed", type=int)
     sim.set_defaults(handler=cmd_simulate)
 
 
 SIMULATOR_FLAGS = (
     "answer_style fail_rate fail_first unavailable_rate retry_after_seconds latency_mean_seconds "
-    "latency_jitter_seconds hang_rate hang_seconds drop_rate reject_numbers callback_delay_seconds seed"
+    "latency_jitter_seconds hang_rate hang_seconds drop_rate reject_numbers callback_delay_seconds seed "
+    "outage_status outage_seconds outage_after_requests outage_retry_after_seconds"
 ).split()
 
 
@@ -373,12 +382,13 @@ async def cmd_campaign_create(args: argparse.Namespace, settings: Settings) -> i
 async def cmd_campaign_list(args: argparse.Namespace, settings: Settings) -> int:
     async with _repository(settings) as repo:
         rows = await repo.list_campaigns()
+        plum = plum_state(await repo.plum_accounts(), _account(settings))
     table = Table("id", "name", "status", "start (UTC)", "end (UTC)", "contacts", "queued", "progress")
     for row in rows:
         table.add_row(
             str(row.id),
             row.name,
-            row.status,
+            row.status + (f" ({plum})" if plum and row.status == CampaignStatus.RUNNING.value else ""),
             fmt_time(row.start_at),
             fmt_time(row.end_at),
             str(row.contacts_total),
@@ -387,6 +397,10 @@ async def cmd_campaign_list(args: argparse.Namespace, settings: Settings) -> int
         )
     _console().print(table if rows else "no campaigns yet")
     return 0
+
+
+def _account(settings: Settings) -> str:
+    return account_key(settings.insight.base_url, settings.insight.username)
 
 
 def _progress(row: Campaign) -> str:
@@ -398,6 +412,8 @@ def _progress(row: Campaign) -> str:
 async def cmd_campaign_show(args: argparse.Namespace, settings: Settings) -> int:
     async with _repository(settings) as repo:
         report = await repo.campaign_report(args.id)
+        if report.campaign.status == CampaignStatus.RUNNING.value:
+            report.plum_state = plum_state(await repo.plum_accounts(), _account(settings))
     if args.json:
         print(json.dumps(report_as_dict(report), indent=2, default=str))
     else:

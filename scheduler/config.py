@@ -75,6 +75,25 @@ class RetrySettings(_Section):
         return self
 
 
+class OutageSettings(_Section):
+    """The account-level circuit breaker: Plum down for everyone, not one chunk's bad luck."""
+
+    # This many retryable failures in a row, over all requests to the account, open the breaker.
+    failure_threshold: int = Field(5, ge=1)
+    # While open: one probe request at a time, the first after this long, then each wait doubled.
+    initial_probe_interval_seconds: float = Field(1.0, gt=0)
+    max_probe_interval_seconds: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _probe_bounds(self) -> "OutageSettings":
+        if self.max_probe_interval_seconds < self.initial_probe_interval_seconds:
+            raise ValueError(
+                f"max_probe_interval_seconds ({self.max_probe_interval_seconds}) must be >= "
+                f"initial_probe_interval_seconds ({self.initial_probe_interval_seconds})"
+            )
+        return self
+
+
 class SubmissionSettings(_Section):
     chunk_size: int = Field(1000, ge=1)
     max_concurrency: int = Field(4, ge=1, le=1000)
@@ -87,6 +106,7 @@ class SubmissionSettings(_Section):
     # split further (0: never); one accepted request disarms it.
     max_rejections_without_success: int = Field(20, ge=0)
     retry: RetrySettings = RetrySettings()
+    outage: OutageSettings = OutageSettings()
 
 
 class SchedulerSettings(_Section):
@@ -98,6 +118,9 @@ class SchedulerSettings(_Section):
     # With calling windows: a chunk is sent this long before its window opens (Plum holds
     # the calls until start_timestamp), not earlier, so pause and cancel still act on it.
     lead_seconds: float = Field(300.0, ge=0, le=86400)
+    # Where answers that cannot be written to the database yet are kept (append-only, fsynced);
+    # default: beside the SQLite file, or insight-scheduler.journal in the working directory.
+    journal_path: str | None = Field(None, min_length=1)
 
 
 class ContactsSettings(_Section):

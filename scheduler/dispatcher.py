@@ -1,10 +1,11 @@
 """Drives chunks through the limits, the client and the ledger.
 
-For each request: a concurrency slot, then a rate grant, then the claim (the
-chunk becomes ``submitting`` and a ``sending`` submission row is committed),
-then the POST, then the outcome is recorded. The order matters: a chunk is
-never ``submitting`` while it waits for a limit, so a crash while waiting
-cannot make a never-sent chunk look ``unknown``.
+For each request: a concurrency slot, earlier answers written (the outbox),
+the account's circuit breaker, then a rate grant, then the claim (the chunk
+becomes ``submitting`` and a ``sending`` submission row is committed), then the
+POST, then the outcome is recorded. The order matters: a chunk is never
+``submitting`` while it waits for a limit, so a crash while waiting cannot make
+a never-sent chunk look ``unknown``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import asyncio
 import json
 import logging
 import random
+import time
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import windows
+from .breaker import Breaker, Change, Health, Permit, account_key, health_of
 from .chunking import chunk_csv
 from .callbacks import signed_url
 from .config import Settings
@@ -30,8 +33,9 @@ from .metrics import Metrics
 from .models import Outcome
 from .ratelimit import RateLimiter
 from .ledger import ClaimedChunk, ClaimTimes
+from .outbox import DatabaseHealth, LedgerWrite, Outbox, unreachable
 from .repository import Repository, utcnow
-from .retry import NextStep, Step, next_step
+from .retry import NextStep, Step, during_outage, next_step
 
 log = logging.getLogger("scheduler.dispatcher")
 submission_log = logging.getLogger("scheduler.submission")
@@ -44,6 +48,9 @@ LEASE_SLACK_SECONDS = 60
 # between almost never leaves a never-sent chunk `unknown` (at 0.05/s a whole
 # interval would be 20 s).
 CLAIM_LEAD_SECONDS = 0.25
+# On a cancelled write (shutdown), how long to let it finish before leaving it to the journal.
+WRITE_GRACE_SECONDS = 2.0
+RETRY_AFTER_HOLDS = (429, 503)  # a Retry-After on these holds the whole account
 
 
 class Dispatcher:
@@ -57,8 +64,14 @@ class Dispatcher:
         clock: Callable[[], datetime] = utcnow,
         rand: random.Random | None = None,
         metrics: Metrics | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.repo = repo
+        self.outbox = outbox or Outbox(repo, None, DatabaseHealth(clock))
+        self.breaker = Breaker(settings.submission.outage)
+        self.account = account_key(settings.insight.base_url, settings.insight.username)
+        self._breaker_changed = asyncio.Event()
+        self.breaker_dirty = False
         self.metrics = metrics or Metrics()
         self.client = client
         self.worker = worker
@@ -85,7 +98,9 @@ class Dispatcher:
         self.settings = settings
         self.limiter.configure(settings.submission.rate_limit_per_second, settings.submission.rate_limit_margin_seconds)
         self.client.reconfigure(settings.insight)
+        self.breaker.reconfigure(settings.submission.outage)
         self._slot_freed.set()
+        self._breaker_changed.set()
 
     @property
     def in_flight(self) -> int:
@@ -96,6 +111,7 @@ class Dispatcher:
         self._stopping = True
         self.wake()
         self._slot_freed.set()
+        self._breaker_changed.set()
 
     async def stop(self, grace_seconds: float) -> None:
         """Stop claiming; let requests in flight finish for up to the grace period."""
@@ -126,9 +142,12 @@ class Dispatcher:
             try:
                 await self._one_round()
             except (DatabaseError, SQLAlchemyError, OSError) as exc:
-                log.error("database problem while claiming, retrying in %ss: %s",
-                          self.settings.scheduler.poll_interval_seconds, exc)
-                await asyncio.sleep(self.settings.scheduler.poll_interval_seconds)
+                if not unreachable(exc):
+                    log.error("database problem while claiming, retrying in %ss: %s",
+                              self.settings.scheduler.poll_interval_seconds, exc)
+                self.outbox.health.failed(exc, "claiming the next chunk")
+                # half a poll: sending resumes well within two polls of the database's return
+                await asyncio.sleep(self.settings.scheduler.poll_interval_seconds / 2)
             except Exception:  # noqa: BLE001 - a bug must not silently stop all sending
                 log.exception("claiming failed unexpectedly; trying again in %ss",
                               self.settings.scheduler.poll_interval_seconds)
@@ -136,17 +155,28 @@ class Dispatcher:
 
     async def _one_round(self) -> None:
         await self._wait_for_slot()
+        await self.outbox.drained()  # answers of earlier requests reach the database first
+        permit = await self._wait_for_breaker()
+        if permit is None:
+            return
         # Book the next send slot; we wake just before it to claim and build the
         # request, then it leaves exactly at the slot (see _send).
-        slot = await self.limiter.reserve(min(self.limiter.interval_seconds, CLAIM_LEAD_SECONDS))
-        if self._stopping:
-            return
-        claim = await self._claim_shielded()
+        try:
+            slot = await self.limiter.reserve(min(self.limiter.interval_seconds, CLAIM_LEAD_SECONDS))
+            claim = None if self._stopping else await self._claim_shielded()
+        except BaseException:
+            self.breaker.give_back(permit)
+            raise
         if claim is None:
-            await self._idle()
+            self.breaker.give_back(permit)
+            if not self._stopping:
+                await self._idle()
             return
+        self.outbox.health.ok()
         self._last_campaign_id = claim.campaign_id
-        task = asyncio.get_running_loop().create_task(self._send(claim, slot))
+        if permit is Permit.PROBE:
+            self._note_probe(claim)
+        task = asyncio.get_running_loop().create_task(self._send(claim, slot, permit))
         self._in_flight.add(task)
         self.metrics.in_flight.set(len(self._in_flight))
         task.add_done_callback(self._finished)
@@ -164,7 +194,7 @@ class Dispatcher:
         except asyncio.CancelledError:
             claim = await task
             if claim is not None:
-                await self.repo.release_claim(claim)
+                await self._release(claim)
             raise
 
     def _finished(self, task: asyncio.Task[None]) -> None:
@@ -173,6 +203,28 @@ class Dispatcher:
         self._slot_freed.set()
         if not task.cancelled() and task.exception() is not None:
             log.error("sending a chunk failed unexpectedly", exc_info=task.exception())
+
+    async def _wait_for_breaker(self) -> Permit | None:
+        """A permit for one request: at once while Plum accepts requests; while the breaker is
+        open (or Plum asked for a pause), one probe at a time when its wait is over."""
+        while not self._stopping:
+            now = time.monotonic()
+            permit = self.breaker.permit(now)
+            if permit is not None:
+                return permit
+            self._breaker_changed.clear()
+            wait = min(self.breaker.wait_seconds(now), self.settings.scheduler.poll_interval_seconds)
+            try:
+                await asyncio.wait_for(self._breaker_changed.wait(), max(0.01, wait))
+            except asyncio.TimeoutError:
+                pass
+        return None
+
+    def _note_probe(self, claim: ClaimedChunk) -> None:
+        self.breaker_dirty = True
+        self.metrics.breaker_probes.labels(account=self.account).inc()
+        log.info("Plum account %s: probe %d (campaign %s chunk %s) while the circuit breaker is open",
+                 self.account, self.breaker.probes, claim.campaign_id, claim.chunk_id)
 
     async def _wait_for_slot(self) -> None:
         while len(self._in_flight) >= self.settings.submission.max_concurrency and not self._stopping:
@@ -193,7 +245,12 @@ class Dispatcher:
 
     # -- one request ----------------------------------------------------------------
 
-    async def _send(self, claim: ClaimedChunk, slot: float) -> None:
+    async def _release(self, claim: ClaimedChunk, expired_at: datetime | None = None) -> None:
+        """Give an unsent claim back (through the outbox: the database may be down)."""
+        await self.outbox.write(LedgerWrite("release", claim, self.clock(), worker=self.worker,
+                                            expired_at=expired_at))
+
+    async def _send(self, claim: ClaimedChunk, slot: float, permit: Permit = Permit.NORMAL) -> None:
         started = asyncio.get_running_loop().time()
         now = self.clock()
         try:
@@ -202,29 +259,32 @@ class Dispatcher:
         except Exception:  # noqa: BLE001 - a bug here must not leave a never-sent chunk `submitting`
             log.exception("campaign %s chunk %s: the request could not be built; the chunk is given back "
                           "unsent", claim.campaign_id, claim.chunk_id)
-            await self.repo.release_claim(claim)
+            self.breaker.give_back(permit)
+            await self._release(claim)
             return
         if request is None:
             # The window closed between the claim and now: nothing to ask Plum for. A
             # calling window is moved to the next one by the tick; the campaign's end is final.
-            await self.repo.release_claim(claim, expired_at=None if claim.window_end_at else now)
+            self.breaker.give_back(permit)
+            await self._release(claim, expired_at=None if claim.window_end_at else now)
             return
         try:
-            result = await self._post(request, slot)
-            if result is None:  # the daemon began to stop before the slot: nothing was sent
-                await self.repo.release_claim(claim)
+            result = await self._post(request, slot, permit)
+            if result is None:  # stopping, or Plum went down before the slot: nothing was sent
+                self.breaker.give_back(permit)
+                await self._release(claim)
                 return
         except asyncio.CancelledError:
             elapsed = asyncio.get_running_loop().time() - started
             result = SubmitResult(Outcome.UNKNOWN, None, "outcome unknown: the daemon stopped while waiting "
                                   "for Plum's answer", None, elapsed)
-            await self._record(claim, result)
+            await self._record(claim, result, permit, learn=False)
             raise
-        await self._record(claim, result)
+        await self._record(claim, result, permit)
 
-    async def _post(self, request: BulkQueueRequest, slot: float) -> SubmitResult | None:
+    async def _post(self, request: BulkQueueRequest, slot: float, permit: Permit) -> SubmitResult | None:
         await self.limiter.wait_until(slot)
-        if self._stopping:
+        if self._stopping or not self.breaker.still_permits(permit):
             return None
         try:
             return await self.client.bulk_queue(request)
@@ -259,35 +319,86 @@ class Dispatcher:
         return signed_url(callbacks.public_url, callbacks.secret.get_secret_value(), claim.campaign_id,
                           claim.chunk_id)
 
-    async def _record(self, claim: ClaimedChunk, result: SubmitResult) -> None:
-        plan = next_step(
-            result.outcome, result.status_code, result.error, claim.attempt, claim.contact_count, self.clock(),
-            self.settings.submission.retry, self.rand, result.retry_after_seconds,
-        )
-        # Shielded: a shutdown must never lose an outcome row.
-        task = asyncio.ensure_future(self.repo.record_outcome(
-            claim, self.worker, result, plan, self.clock(), self.settings.submission.max_rejections_without_success))
+    async def _record(self, claim: ClaimedChunk, result: SubmitResult, permit: Permit = Permit.NORMAL,
+                      learn: bool = True) -> None:
+        plan = self._plan(claim, result, permit, learn)
+        write = LedgerWrite("record", claim, self.clock(), result, plan, self.worker,
+                            self.settings.submission.max_rejections_without_success)
+        # Shielded: a shutdown must never lose an outcome row (what the database cannot take
+        # in time is in the journal: see outbox.py).
+        task = asyncio.ensure_future(self.outbox.write(write))
         applied: NextStep | None = None
         try:
             applied = await asyncio.shield(task)
         except asyncio.CancelledError:
-            applied = await task
+            await asyncio.wait({task}, timeout=WRITE_GRACE_SECONDS)
+            applied = task.result() if task.done() and not task.cancelled() and not task.exception() else None
             raise
         finally:
-            self._log(claim, result, applied)
+            self._log(claim, result, applied, permit)
             self._observe(result)
         if applied is not None and applied.step in (Step.SPLIT, Step.RETRY):
             self.wake()
+
+    def _plan(self, claim: ClaimedChunk, result: SubmitResult, permit: Permit, learn: bool) -> NextStep:
+        """What the answer means for the chunk, once the breaker has learnt from it: a failure
+        while Plum is down for everyone does not use up one of the chunk's tries."""
+        health = health_of(result.outcome, result.status_code) if learn else Health.NEUTRAL
+        change = self.breaker.observe(health, result.error, permit, time.monotonic(), self.clock())
+        retry_after = result.retry_after_seconds
+        if retry_after is not None and result.status_code in RETRY_AFTER_HOLDS:
+            self.breaker.hold(min(retry_after, self.settings.submission.retry.max_retry_after_seconds),
+                              time.monotonic(), self.clock())
+        if change is not None:
+            self._breaker_moved(change)
+        self._breaker_changed.set()
+        plan = next_step(
+            result.outcome, result.status_code, result.error, claim.counted_attempt, claim.contact_count,
+            self.clock(), self.settings.submission.retry, self.rand, retry_after,
+        )
+        down = health is Health.DOWN and not self.breaker.counts_against_chunk()
+        return during_outage(plan, result.status_code, result.error, self.breaker.since if down else None)
+
+    def _breaker_moved(self, change: Change) -> None:
+        self.breaker_dirty = True
+        self.metrics.breaker_open.labels(account=self.account).set(int(change.opened))
+        if change.opened:
+            self.metrics.outages.labels(account=self.account).inc()
+            outage = self.settings.submission.outage
+            log.error("Plum account %s: circuit breaker OPEN after %d retryable failures in a row (last: %s); "
+                      "no new requests: one probe at a time, the first in %.0f s, then waits doubling up to %.0f s; "
+                      "failures meanwhile are not counted against max_tries", self.account,
+                      self.breaker.failures_in_a_row, change.last_error, outage.initial_probe_interval_seconds,
+                      outage.max_probe_interval_seconds)
+        else:
+            log.warning("Plum account %s: circuit breaker CLOSED: Plum answered again after %.1f s of outage "
+                        "(since %s UTC, %d probes sent); sending resumes at %s requests/s", self.account,
+                        change.outage_seconds, f"{change.since:%H:%M:%S}", change.probes,
+                        self.settings.submission.rate_limit_per_second)
+
+    async def save_breaker(self) -> None:
+        """The breaker as admins see it (`campaign list`, plum_accounts), when it changed."""
+        if not self.breaker_dirty:
+            return
+        self.breaker_dirty = False
+        try:
+            await self.repo.save_account(self.account, self.breaker.snapshot(time.monotonic()), self.worker,
+                                         self.clock())
+        except BaseException:
+            self.breaker_dirty = True
+            raise
 
     def _observe(self, result: SubmitResult) -> None:
         code = "none" if result.status_code is None else str(result.status_code)
         self.metrics.submissions.labels(outcome=result.outcome.value, status_code=code).inc()
         self.metrics.latency.observe(result.latency_seconds)
 
-    def _log(self, claim: ClaimedChunk, result: SubmitResult, applied: NextStep | None) -> None:
+    def _log(self, claim: ClaimedChunk, result: SubmitResult, applied: NextStep | None,
+             permit: Permit = Permit.NORMAL) -> None:
         """What was stored: the step the ledger applied (none when another daemon owns the chunk now)."""
         fields = {
             "campaign": claim.campaign_id, "chunk": claim.chunk_id, "attempt": claim.attempt,
+            "probe": permit is Permit.PROBE,
             "status_code": result.status_code, "outcome": result.outcome.value,
             "next": applied.step.value if applied is not None else "none (the chunk is no longer ours)",
             "latency_seconds": round(result.latency_seconds, 4), "contacts": claim.contact_count,

@@ -25,6 +25,7 @@ from . import states
 from .chunking import halves
 from .models import (
     FINAL_CAMPAIGN_STATUSES,
+    CallResult,
     Campaign,
     Outcome,
     CampaignStatus,
@@ -70,6 +71,12 @@ class ClaimedChunk:
     window_end_at: datetime | None = None
     worker: str = ""  # the daemon that holds the claim
     token: int = 0  # chunks.claim_token at this claim: writes under the claim check it (the fence)
+    outage_tries: int = 0  # earlier attempts that failed during a Plum outage (not counted)
+
+    @property
+    def counted_attempt(self) -> int:
+        """This attempt's number against max_tries."""
+        return self.attempt - self.outage_tries
 
     def call_window(self, now: datetime) -> tuple[datetime, datetime]:
         """start_timestamp / end_timestamp: the chunk's calling window, else the campaign's times."""
@@ -143,15 +150,22 @@ def close_unsent(conn: Connection, campaign_ids: Any, status: ChunkStatus, reaso
     return {campaign_id for _, campaign_id in moved}
 
 
-def close_stopped_and_ended(conn: Connection, now: datetime) -> set[int]:
+def outage_note(reason: str, plum_down_since: datetime | None) -> str:
+    """An expiry's reason, naming the Plum outage that kept the chunk unsent."""
+    if plum_down_since is None:
+        return reason
+    return f"{reason}: Plum unavailable since {plum_down_since:%H:%M} UTC"
+
+
+def close_stopped_and_ended(conn: Connection, now: datetime, plum_down_since: datetime | None = None) -> set[int]:
     """Unsent chunks of campaigns that are over: stopped (cancelled, failed, or set final by an
-    admin) become cancelled; past their end_at become expired."""
+    admin) become cancelled; past their end_at become expired (naming a Plum outage if one is on)."""
     touched: set[int] = set()
     for status in FINAL_STATUSES:
         stopped = select(Campaign.id).where(Campaign.status == status)
         touched |= close_unsent(conn, stopped, ChunkStatus.CANCELLED, f"the campaign is {status}", now)
     ended = select(Campaign.id).where(Campaign.end_at <= now, readable(conn, Campaign.end_at))
-    return touched | close_unsent(conn, ended, ChunkStatus.EXPIRED, ENDED_REASON, now)
+    return touched | close_unsent(conn, ended, ChunkStatus.EXPIRED, outage_note(ENDED_REASON, plum_down_since), now)
 
 
 def claim_next(
@@ -187,6 +201,7 @@ def claim_next(
         instance_id=row.instance_id, start_at=row.start_at, end_at=row.end_at, max_attempts=row.max_attempts,
         reattempt_wait=row.reattempt_wait, result_url=row.result_url, contacts_header=row.contacts_header,
         window_start_at=row.window_start_at, window_end_at=row.window_end_at, worker=worker, token=token,
+        outage_tries=row.outage_tries,
     )
 
 
@@ -195,7 +210,7 @@ def _ready_chunks(times: ClaimTimes, after_campaign_id: int) -> Any:
     now = times.now
     return (
         select(Chunk.id, Chunk.campaign_id, Chunk.seq, Chunk.attempts, Chunk.claim_token, Chunk.contact_count,
-               Chunk.window_start_at, Chunk.window_end_at,
+               Chunk.window_start_at, Chunk.window_end_at, Chunk.outage_tries,
                Campaign.survey_id, Campaign.instance_id, Campaign.start_at, Campaign.end_at,
                Campaign.max_attempts, Campaign.reattempt_wait, Campaign.result_url, Campaign.contacts_header)
         .join(Campaign, Campaign.id == Chunk.campaign_id)
@@ -331,6 +346,8 @@ def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datet
         # Nothing was queued and the chunk is not to blame: it waits, its attempt not consumed.
         move(ChunkStatus.PENDING, attempts=Chunk.attempts - 1, next_attempt_at=None)
         stop_campaigns(conn, claim.campaign_id, step, plan.message or "", now)
+    elif step is Step.RETRY and not plan.counted:
+        move(ChunkStatus.PENDING, next_attempt_at=plan.retry_at, outage_tries=Chunk.outage_tries + 1)
     elif step is Step.RETRY:
         move(ChunkStatus.PENDING, next_attempt_at=plan.retry_at)
     elif step is Step.SPLIT:
@@ -342,6 +359,8 @@ def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datet
         move(FINAL_STEPS[step], finished_at=now)
         if step is Step.SUCCEEDED:
             remember_queued(conn, claim.chunk_id, claim.campaign_id, now)
+        if step is Step.UNKNOWN:
+            reconcile_called(conn, [claim.chunk_id], now)
 
 
 def stop_campaigns(conn: Connection, campaign_id: int, step: Step, message: str, now: datetime) -> None:
@@ -384,6 +403,40 @@ def split(conn: Connection, chunk_id: int, campaign_id: int, now: datetime) -> N
                    Contact.row_number.between(part[0], part[-1]))
             .values(chunk_id=child_id)
         )
+
+
+# -- unknown chunks that Plum's call results prove queued ------------------------------
+
+RECONCILED_NOTE = ("a call result arrived on this chunk's result_url at {at:%Y-%m-%d %H:%M:%S} UTC, so Plum had "
+                   "queued it: reconciled from unknown to succeeded")
+
+
+def reconcile_called(conn: Connection, chunk_ids: list[int], now: datetime) -> list[int]:
+    """Unknown chunks with a call result on their result_url were queued by Plum: each becomes
+    succeeded (contacts queued) with a ``reconciled`` submission row dated by its first callback.
+    Returns the chunks reconciled."""
+    if not chunk_ids:
+        return []
+    found = conn.execute(
+        select(Chunk.id, Chunk.campaign_id, Chunk.attempts, Chunk.contact_count, func.min(CallResult.received_at))
+        .join(CallResult, CallResult.chunk_id == Chunk.id)
+        .where(Chunk.id.in_(chunk_ids), Chunk.status == ChunkStatus.UNKNOWN.value,
+               CallResult.campaign_id == Chunk.campaign_id)
+        .group_by(Chunk.id, Chunk.campaign_id, Chunk.attempts, Chunk.contact_count)).all()
+    done = []
+    for chunk_id, campaign_id, attempts, contact_count, received_at in found:
+        note = RECONCILED_NOTE.format(at=received_at)
+        moved = move_chunks(conn, Chunk.id == chunk_id, (ChunkStatus.UNKNOWN,), ChunkStatus.SUCCEEDED, now,
+                            finished_at=now, last_error=note, lease_owner=None, lease_expires_at=None)
+        if not moved:
+            continue
+        conn.execute(insert(Submission).values(
+            campaign_id=campaign_id, chunk_id=chunk_id, attempt=attempts, worker=None, started_at=received_at,
+            finished_at=received_at, outcome=Outcome.RECONCILED.value, error=note, contact_count=contact_count))
+        remember_queued(conn, chunk_id, campaign_id, now)
+        refresh(conn, campaign_id, now)
+        done.append(chunk_id)
+    return done
 
 
 # -- counters and the end of a campaign ----------------------------------------------

@@ -23,6 +23,15 @@ class Metrics:
         self.campaigns = Gauge("insight_campaigns", "campaigns by status", ["status"], registry=r)
         self.callbacks = Counter("insight_callbacks_total", "result_url callbacks received, by call status "
                                  "or by why they were refused", ["status"], registry=r)
+        self.breaker_open = Gauge("insight_plum_breaker_open", "1 while the account's circuit breaker is open "
+                                  "(Plum failing every request): no new requests, one probe at a time", ["account"],
+                                  registry=r)
+        self.breaker_probes = Counter("insight_plum_breaker_probes_total", "probe requests sent while the "
+                                      "circuit breaker was open", ["account"], registry=r)
+        self.outages = Counter("insight_plum_outages_total", "times the circuit breaker opened", ["account"],
+                               registry=r)
+        self.unwritten = Gauge("insight_answers_unwritten", "answers from Plum waiting for the database "
+                               "(kept in order and in the journal)", registry=r)
         self.last_tick = Gauge("insight_last_tick_timestamp_seconds", "Unix time of the last tick", registry=r)
 
     def set_counts(self, gauge: Gauge, counts: dict[str, int]) -> None:

@@ -164,6 +164,9 @@ class Outcome(str, enum.Enum):
     CLIENT_BUG = "client_bug"
     RETRYABLE = "retryable"
     UNKNOWN = "unknown"
+    # Not an HTTP attempt: a call result arrived on an unknown chunk's result_url, which
+    # proves Plum queued it (the row's started_at is when the callback came).
+    RECONCILED = "reconciled"
 
 
 class Base(DeclarativeBase):
@@ -236,6 +239,9 @@ class Chunk(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     # Bumped by every claim: what a daemon writes under a claim must carry the current one.
     claim_token: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # Attempts that failed while Plum was down for everyone (the breaker open): not counted
+    # against max_tries.
+    outage_tries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     lease_owner: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -336,6 +342,22 @@ class Worker(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     version: Mapped[str | None] = mapped_column(String(32))
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # a clean stop
+
+
+class PlumAccount(Base):
+    """One row per Plum account (base URL + user): the circuit breaker as admins see it."""
+
+    __tablename__ = "plum_accounts"
+
+    account: Mapped[str] = mapped_column(String(512), primary_key=True)
+    breaker: Mapped[str] = mapped_column(String(16), default="closed", server_default=text("'closed'"))
+    open_since: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    probes: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    hold_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    outages: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    updated_by: Mapped[str | None] = mapped_column(String(128))
 
 
 class Suppression(Base):

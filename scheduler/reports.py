@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime, timezone
+from typing import Any, Sequence
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import windows
-from .models import UnreadableTime
+from .models import ChunkStatus, Outcome, PlumAccount, UnreadableTime
 from .repository import CampaignReport, ZoneSummary
 
 
@@ -23,6 +25,26 @@ CAMPAIGN_FIELDS = (
     "reattempt_wait result_url chunk_size calling_window_start calling_window_end excluded_weekdays created_at updated_at started_at finished_at "
     "contacts_total contacts_valid contacts_invalid contacts_duplicate contacts_queued"
 ).split()
+
+
+def plum_state(accounts: Sequence[PlumAccount], account: str) -> str | None:
+    """'waiting for Plum since ... (N probes)' while the account's circuit breaker is open, or
+    'held by Plum's Retry-After until ...'; None while Plum accepts requests."""
+    for row in accounts:
+        if row.account != account:
+            continue
+        if row.breaker == "open" and row.open_since is not None:
+            return (f"waiting for Plum since {fmt_time(row.open_since)} UTC ({row.probes} probes); "
+                    f"last error: {row.last_error}")
+        if row.hold_until is not None and row.hold_until > datetime.now(timezone.utc):
+            return f"held by Plum's Retry-After until {fmt_time(row.hold_until)} UTC"
+    return None
+
+
+def unknown_summary(report: CampaignReport) -> dict[str, int]:
+    """Unknown outcomes: reconciled (a call result proved the chunk queued) and still unconfirmed."""
+    return {"reconciled_from_call_results": report.submissions_by_outcome.get(Outcome.RECONCILED.value, 0),
+            "still_unconfirmed": report.chunks_by_status.get(ChunkStatus.UNKNOWN.value, 0)}
 
 
 def _timing(report: CampaignReport, count: int) -> dict[str, Any]:
@@ -40,6 +62,8 @@ def report_as_dict(report: CampaignReport) -> dict[str, Any]:
     requests = sum(report.submissions_by_outcome.values())
     return {
         "campaign": {name: getattr(row, name) for name in CAMPAIGN_FIELDS},
+        "plum": report.plum_state or "accepting requests",
+        "unknown_outcomes": unknown_summary(report),
         "chunks_by_status": report.chunks_by_status,
         "contacts_by_status": report.contacts_by_status,
         "submissions_by_status_code": report.submissions_by_code,
@@ -86,6 +110,12 @@ def print_report(report: CampaignReport, console: Console) -> None:
         fields.add_row(key, fmt_time(value) if isinstance(value, UnreadableTime) else
                        "-" if value is None else str(value))
     console.print(fields)
+    if report.plum_state:
+        console.print(Text(report.plum_state, style="bold"))
+    unknown = data["unknown_outcomes"]
+    if any(unknown.values()):
+        console.print(f"unknown outcomes: {unknown['reconciled_from_call_results']} reconciled from call results, "
+                      f"{unknown['still_unconfirmed']} still unconfirmed", highlight=False)
     for title in ("chunks_by_status", "contacts_by_status", "submissions_by_status_code", "submissions_by_outcome",
                   "call_results_by_status", "timing"):
         counts = data[title]

@@ -33,6 +33,7 @@ from .models import (
     ChunkStatus,
     Contact,
     ContactStatus,
+    PlumAccount,
     Submission,
     Suppression,
     Worker,
@@ -43,6 +44,7 @@ from .retry import NextStep
 from .verify import VerifyQueries
 
 if TYPE_CHECKING:
+    from .breaker import Snapshot as AccountState
     from .callbacks import CallDetails
     from .insight import SubmitResult
 
@@ -85,6 +87,7 @@ class CampaignReport:
     first_request_at: datetime | None = None
     last_request_at: datetime | None = None
     zones: list["ZoneSummary"] = field(default_factory=list)
+    plum_state: str | None = None  # "waiting for Plum since ..." while the account's breaker is open
 
 
 @dataclass
@@ -337,7 +340,14 @@ async def _count_by(session: AsyncSession, column: Any, *where: Any) -> dict[Any
 
 def _is_connect_error(exc: DBAPIError) -> bool:
     text = str(exc.orig).lower()
-    return any(word in text for word in ("connect", "unable to open database", "does not exist"))
+    return any(word in text for word in CONNECT_ERROR_WORDS)
+
+
+# What a driver says when the database is not answering (down, restarting, locked by an
+# admin beyond the busy timeout): the daemon waits for it rather than failing a step.
+CONNECT_ERROR_WORDS = ("connect", "unable to open database", "does not exist", "database is locked",
+                       "database is busy", "the database system is", "terminating connection",
+                       "connection was closed", "connection is closed", "server closed the connection")
 
 
 # -- the daemon's queries ----------------------------------------------------------
@@ -388,14 +398,16 @@ class DaemonQueries(_Store):
                 .where(Submission.chunk_id.in_(ids), Submission.outcome == "sending")
                 .values(outcome="unknown", error=reason, finished_at=now)
             )
+            await (await session.connection()).run_sync(ledger.reconcile_called, ids, now)
             for campaign_id in {campaign_id for _, campaign_id in moved}:
                 await self._refresh(session, campaign_id, now)
         return len(ids)
 
-    async def housekeeping(self, now: datetime) -> None:
+    async def housekeeping(self, now: datetime, plum_down_since: datetime | None = None) -> None:
         """Honour admins' edits and the clock: cancel, expire, refresh counters, finish."""
         async with self._write() as session:
-            touched = await (await session.connection()).run_sync(ledger.close_stopped_and_ended, now)
+            touched = await (await session.connection()).run_sync(ledger.close_stopped_and_ended, now,
+                                                                  plum_down_since)
             running = await session.scalars(
                 select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING.value,
                                           Campaign.ingested_at.is_not(None))
@@ -417,7 +429,8 @@ class DaemonQueries(_Store):
             )).all()
         return [UnsentWindow._make(row) for row in found]
 
-    async def move_windows(self, moves: list[WindowMove], now: datetime) -> None:
+    async def move_windows(self, moves: list[WindowMove], now: datetime,
+                           plum_down_since: datetime | None = None) -> None:
         """Give each chunk its new window; a chunk with none left expires and its contacts
         are ``out_of_window``. A chunk claimed or moved since it was read is left alone."""
         async with self._write() as session:
@@ -433,15 +446,16 @@ class DaemonQueries(_Store):
                 moved = await conn.run_sync(
                     ledger.move_chunks, still, (ChunkStatus.PENDING,), ChunkStatus.EXPIRED, now,
                     contacts=ContactStatus.OUT_OF_WINDOW, reason=NO_WINDOW_LEFT, finished_at=now,
-                    last_error=NO_WINDOW_LEFT)
+                    last_error=ledger.outage_note(NO_WINDOW_LEFT, plum_down_since))
                 touched.update(campaign_id for _, campaign_id in moved)
             for campaign_id in touched:
                 await self._refresh(session, campaign_id, now)
 
     # -- campaigns: picking up and ingesting ----------------------------------------
 
-    async def campaigns_to_start(self, now: datetime) -> list[Campaign]:
-        """Scheduled and due, or running but never finished ingesting (a daemon died)."""
+    async def campaigns_to_start(self, now: datetime, worker: str = "") -> list[Campaign]:
+        """Scheduled and due, or running but never finished ingesting (a daemon died, or this
+        ``worker``'s own ingestion stopped: the caller knows it is not running it)."""
         async with self._read() as session:
             rows = (
                 await session.scalars(
@@ -452,7 +466,7 @@ class DaemonQueries(_Store):
                 )
             ).all()
         return [row for row in rows if isinstance(row.start_at, datetime) and row.start_at <= now and (
-            row.status == CampaignStatus.SCHEDULED.value or _ingestion_abandoned(row, now))]
+            row.status == CampaignStatus.SCHEDULED.value or _ingestion_abandoned(row, now, worker))]
 
     async def claim_campaign(self, campaign_id: int, worker: str, now: datetime, lease_until: datetime) -> Campaign | None:
         """Move a due campaign to running; whoever gets the row ingests it."""
@@ -461,7 +475,7 @@ class DaemonQueries(_Store):
             if row is None:
                 return None
             takeover = row.status == CampaignStatus.RUNNING.value and row.ingested_at is None and (
-                isinstance(row.start_at, datetime) and row.start_at <= now and _ingestion_abandoned(row, now)
+                isinstance(row.start_at, datetime) and row.start_at <= now and _ingestion_abandoned(row, now, worker)
             )
             if not (row.status == CampaignStatus.SCHEDULED.value or takeover):
                 return None
@@ -694,9 +708,11 @@ class DaemonQueries(_Store):
             return len(moved)
 
 
-def _ingestion_abandoned(row: Campaign, now: datetime) -> bool:
-    """Nobody ingests it: its ingester was found dead (lease released) or its lease ran out."""
-    return row.lease_owner is None or row.lease_expires_at is None or row.lease_expires_at < now
+def _ingestion_abandoned(row: Campaign, now: datetime, worker: str = "") -> bool:
+    """Nobody ingests it: its ingester was found dead (lease released), its lease ran out, or
+    it is the asking daemon's own (which only asks when its ingestion stopped)."""
+    return (row.lease_owner is None or row.lease_expires_at is None or row.lease_expires_at < now
+            or bool(worker) and row.lease_owner == worker)
 
 
 async def _still_ours(session: AsyncSession, campaign_id: int, worker: str) -> None:
@@ -723,7 +739,8 @@ class ResultQueries(_Store):
 
     async def store_call_result(self, campaign_id: int, chunk_id: int, details: CallDetails, body: str,
                                 phone_e164: str | None, now: datetime) -> str:
-        """'stored', 'duplicate' (the same body again) or 'unknown_chunk'."""
+        """'stored', 'reconciled' (stored, and it proved an unknown chunk queued: now succeeded),
+        'duplicate' (the same body again) or 'unknown_chunk'."""
         digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
         async with self._write() as session:
             chunk = await session.get(Chunk, chunk_id)
@@ -743,7 +760,31 @@ class ResultQueries(_Store):
                 status=details.status, attempts=details.attempts, duration_seconds=details.duration_seconds,
                 queued_timestamp=details.queued_timestamp, last_attempt_timestamp=details.last_attempt_timestamp,
                 received_at=now, body=body, body_sha256=digest))
-        return "stored"
+            if chunk.status != ChunkStatus.UNKNOWN.value:
+                return "stored"
+            await session.flush()
+            reconciled = await (await session.connection()).run_sync(ledger.reconcile_called, [chunk_id], now)
+        return "reconciled" if reconciled else "stored"
+
+    # -- Plum accounts (the circuit breaker as admins see it) ----------------------------
+
+    async def save_account(self, account: str, state: AccountState, worker: str, now: datetime) -> None:
+        """This daemon's view of the account's breaker (a row per account, last writer wins)."""
+        values = dict(breaker="open" if state.open else "closed", open_since=state.since, probes=state.probes,
+                      last_error=state.last_error, hold_until=state.hold_until, updated_at=now, updated_by=worker)
+        async with self._write() as session:
+            row = await session.get(PlumAccount, account, with_for_update=_pg_only(session))
+            if row is None:
+                session.add(PlumAccount(account=account, outages=int(state.open), **values))
+                return
+            if state.open and row.breaker != "open":
+                row.outages += 1
+            for name, value in values.items():
+                setattr(row, name, value)
+
+    async def plum_accounts(self) -> Sequence[PlumAccount]:
+        async with self._read() as session:
+            return (await session.scalars(select(PlumAccount).order_by(PlumAccount.account))).all()
 
     async def heartbeat(self, worker: str, now: datetime) -> None:
         async with self._write() as session:

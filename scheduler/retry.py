@@ -66,6 +66,7 @@ class NextStep:
     step: Step
     retry_at: datetime | None = None
     message: str | None = None
+    counted: bool = True  # False: a failure during a Plum outage, not counted against max_tries
 
 
 def next_step(
@@ -99,6 +100,16 @@ def next_step(
     if outcome in (Outcome.CAMPAIGN_INVALID, Outcome.CLIENT_BUG):
         return NextStep(Step.FAIL_CAMPAIGN, message=said)
     return NextStep(Step.UNKNOWN, message=f"{said}: the calls may have been queued; resend only after checking")
+
+
+def during_outage(plan: NextStep, status_code: int | None, error: str | None,
+                  plum_down_since: datetime | None) -> NextStep:
+    """While Plum is down for everyone (the breaker open), a retryable failure is not the chunk's:
+    it waits for Plum without using up a try (the breaker paces the probes, so no backoff here)."""
+    if plum_down_since is None or plan.step not in (Step.RETRY, Step.FAILED):
+        return plan
+    return NextStep(Step.RETRY, None, f"{_plum_said(status_code, error)}; Plum unavailable since "
+                    f"{plum_down_since:%H:%M} UTC: not counted against max_tries", counted=False)
 
 
 def _plum_said(status_code: int | None, error: str | None) -> str:

@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from datetime import datetime, timedelta
 from typing import Any, Callable
 
@@ -23,6 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from . import campaign_review, db, identity, windows
 from .config import Settings, load_settings
 from .dispatcher import Dispatcher
+from .journal import Journal, journal_path
+from .outbox import DatabaseHealth, Outbox, replay, unreachable
 from .errors import CampaignGone, ConfigError, DatabaseError, IngestionLost, NotFound, UserError
 from .metrics import Metrics
 from .ingest import ingest_campaign, replan_window
@@ -67,6 +70,8 @@ class Daemon:
         self._tick_task: asyncio.Task[None] | None = None
         self.metrics = Metrics()
         self.web: WebServer | None = None
+        self.health = DatabaseHealth(clock)
+        self.outbox: Outbox | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -93,16 +98,19 @@ class Daemon:
         # to leave, which the rate limit's margin would otherwise have to absorb.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
         await self._take_identity()
+        await self._apply_journals()
         now = self.clock()
         dead = identity.dead_before(now, self.settings.scheduler.poll_interval_seconds)
         recovered = await self.repo.abandon_submitting(now, dead, also_dead={self.worker})
         if recovered:
             log.warning("%d chunk(s) were being sent when this daemon last stopped: marked unknown "
                         "(see `campaign show`, resend with `chunk resend`)", recovered)
+        self.outbox = Outbox(self.repo, Journal.open(journal_path(self.settings), self.worker), self.health,
+                             max_backoff_seconds=min(2.0, self.settings.scheduler.poll_interval_seconds / 2))
         self.dispatcher = Dispatcher(self.repo, client, self.settings, self.worker, clock=self.clock,
-                                     metrics=self.metrics)
+                                     metrics=self.metrics, outbox=self.outbox)
         if self.settings.callbacks.listen:
-            self.web = WebServer(self.repo, self.settings, self.metrics, self.readiness)
+            self.web = WebServer(self.repo, self.settings, self.metrics, self.readiness, self.plum_state)
             try:
                 await self.web.start(self.settings.callbacks.listen)
             except OSError as exc:
@@ -130,6 +138,15 @@ class Daemon:
             raise UserError(identity.id_in_use_message(self.worker, holder))
         await self.repo.register_worker(self.worker, now, host, os.getpid(), identity.package_version())
 
+    async def _apply_journals(self) -> None:
+        """Answers a previous life could not write (the database was down when it stopped or was
+        killed) go into the ledger before anything is claimed."""
+        assert self.repo is not None
+        base = journal_path(self.settings)
+        applied = await replay(self.repo, base)
+        if applied:
+            log.warning("applied %d answer(s) from the journal %s before claiming anything", applied, base)
+
     def _start_scheduler(self) -> None:
         self._scheduler = AsyncIOScheduler()
         self._scheduler.add_job(
@@ -156,10 +173,21 @@ class Daemon:
         for task in [sending, *self._ingesting.values()]:
             task.cancel()
         await asyncio.gather(sending, *self._ingesting.values(), return_exceptions=True)
+        self._close_outbox()
         if self.web is not None:
             await self.web.stop()
         await self._mark_stopped()
         log.info("stopped")
+
+    def _close_outbox(self) -> None:
+        if self.outbox is None:
+            return
+        journal = self.outbox.journal
+        left = self.outbox.close()
+        if left:
+            log.error("%d answer(s) from Plum could not be written before stopping (database unreachable): "
+                      "kept in the journal %s and written at the next start, before anything is claimed",
+                      left, journal.path if journal else "-")
 
     async def _mark_stopped(self) -> None:
         assert self.repo is not None
@@ -217,7 +245,10 @@ class Daemon:
             # Only a shutdown cancels a tick; the next daemon's tick redoes its work.
             log.info("tick interrupted by shutdown")
         except (DatabaseError, SQLAlchemyError, OSError) as exc:
-            log.error("tick: database problem, trying again next tick: %s", exc)
+            if unreachable(exc):
+                self.health.failed(exc, "tick")
+            else:
+                log.error("tick: database problem, trying again next tick: %s", exc)
         except Exception:  # noqa: BLE001 - the loop must survive anything
             log.exception("tick failed")
 
@@ -225,13 +256,15 @@ class Daemon:
         assert self.repo is not None and self.dispatcher is not None
         now = self.clock()
         await self.repo.heartbeat(self.worker, now)
+        self.health.ok()
         await self._review_campaigns(now)
         await self.repo.abandon_submitting(now, identity.dead_before(now, self.settings.scheduler.poll_interval_seconds))
-        await self.repo.housekeeping(now)
+        await self.dispatcher.save_breaker()
+        await self.repo.housekeeping(now, self.dispatcher.breaker.since)
         await self._verify_finished()
         await self._roll_windows(now)
         lease_until = now + timedelta(seconds=self.settings.scheduler.lease_seconds)
-        for campaign in await self.repo.campaigns_to_start(now):
+        for campaign in await self.repo.campaigns_to_start(now, self.worker):
             if campaign.id in self._ingesting:
                 continue
             claimed = await self.repo.claim_campaign(campaign.id, self.worker, now, lease_until)
@@ -311,7 +344,7 @@ class Daemon:
             if change != windows.KEEP:
                 moves.append(WindowMove(chunk.chunk_id, current, change))  # type: ignore[arg-type]
         if moves:
-            await self.repo.move_windows(moves, now)
+            await self.repo.move_windows(moves, now, self.dispatcher.breaker.since if self.dispatcher else None)
             log.info("calling windows: %d chunk(s) moved to a new window, %d with none left",
                      sum(m.new is not None for m in moves), sum(m.new is None for m in moves))
 
@@ -322,6 +355,7 @@ class Daemon:
         self.metrics.set_counts(self.metrics.contacts, contacts)
         self.metrics.set_counts(self.metrics.campaigns, campaigns)
         self.metrics.limiter_wait.set(self.dispatcher.limiter.waited_seconds)
+        self.metrics.unwritten.set(self.dispatcher.outbox.waiting)
         self.metrics.last_tick.set(now.timestamp())
 
     async def readiness(self) -> list[str]:
@@ -338,6 +372,15 @@ class Daemon:
         if not tick_is_recent(self.last_tick_at, self.clock(), self.settings.scheduler.poll_interval_seconds):
             problems.append(f"last tick {self.last_tick_at or 'never'} is too old")
         return problems
+
+    def plum_state(self) -> dict[str, object]:
+        """For /readyz: the account's breaker and answers waiting for the database (the daemon is
+        healthy while Plum is down: that is Plum's state, not a reason to restart it)."""
+        if self.dispatcher is None:
+            return {}
+        snapshot = self.dispatcher.breaker.snapshot(time.monotonic())
+        return {"plum": "waiting" if snapshot.open else "accepting", "plum_state": snapshot.describe(),
+                "answers_waiting_for_database": self.dispatcher.outbox.waiting}
 
     def _start_ingestion(self, campaign: Campaign) -> None:
         assert self.repo is not None
@@ -358,6 +401,11 @@ class Daemon:
         if isinstance(task.exception(), IngestionLost):
             log.warning("campaign %s: another daemon took over its ingestion (this one missed its heartbeats); "
                         "this one stopped ingesting it: %s", campaign_id, task.exception())
+            return
+        if task.exception() is not None and unreachable(task.exception()):  # type: ignore[arg-type]
+            self.health.failed(task.exception(), f"ingesting campaign {campaign_id}")  # type: ignore[arg-type]
+            log.warning("campaign %s: ingestion stopped: the database is unreachable; it restarts from the "
+                        "start at the first tick after the database is back", campaign_id)
             return
         if task.exception() is not None:
             log.error("campaign %s: ingestion failed unexpectedly", campaign_id, exc_info=task.exception())

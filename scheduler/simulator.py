@@ -3,6 +3,11 @@
 Tests, the demo and benchmarks talk to this on loopback, never to Plum. It
 records every request and every queued contact; ``GET /_stats`` is the
 ground truth later tests compare against. Faults are switched on one by one.
+
+An outage (``outage_status``) is one window of time, not a probability: it
+begins when request number ``outage_after_requests + 1`` arrives, lasts
+``outage_seconds``, and every valid request that arrives inside it gets that
+status and queues nothing; afterwards the simulator answers normally again.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,7 @@ log = logging.getLogger("scheduler.simulator")
 
 BULK_QUEUE_PATH = "/api/surveys/{survey_id}/{instance_id}/bulk_queue"
 ATTEMPTS_MESSAGE = "attempts can only be an integer between 1 and 10."
+OUTAGE_MESSAGES = {429: "too many requests", 500: "database error", 503: "service unavailable"}
 
 
 @dataclass
@@ -57,7 +64,24 @@ class SimulatorSettings:
     callback_delay_seconds: float | None = None  # POST call_details to result_url when set
     callback_mix: dict[str, float] = field(default_factory=lambda: {"completed": 0.8, "failed": 0.15, "canceled": 0.05})
     callback_include_phone: bool = True
+    # One outage window: every valid request arriving inside it gets outage_status, nothing queued.
+    outage_status: int | None = None  # e.g. 503, 500, 429; None: no outage
+    outage_seconds: float = 0.0  # how long the outage lasts
+    outage_after_requests: int = 0  # begins at the arrival of request number N+1 (0: the first)
+    outage_retry_after_seconds: int | None = None  # Retry-After on outage answers with 429 or 503
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.outage_status is not None and not (
+                isinstance(self.outage_status, int) and 400 <= self.outage_status <= 599):
+            raise ValueError(f"outage_status must be an HTTP error status (400-599), not {self.outage_status!r}")
+        if self.outage_seconds < 0:
+            raise ValueError(f"outage_seconds must not be negative, not {self.outage_seconds!r}")
+        if self.outage_after_requests < 0:
+            raise ValueError(f"outage_after_requests must not be negative, not {self.outage_after_requests!r}")
+        if self.outage_retry_after_seconds is not None and self.outage_retry_after_seconds < 0:
+            raise ValueError(
+                f"outage_retry_after_seconds must not be negative, not {self.outage_retry_after_seconds!r}")
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> "SimulatorSettings":
@@ -102,6 +126,10 @@ class InsightSimulator:
         self._valid_requests = 0
         self._in_flight = 0
         self.max_in_flight = 0
+        # The outage clock: when the outage began (time.time()), and how many
+        # requests had arrived when it was last (re)armed.
+        self._outage_started_at: float | None = None
+        self._outage_baseline = 0
         self._background: set[asyncio.Task[None]] = set()
         self._client: Any = None
         self._runner: web.AppRunner | None = None
@@ -144,6 +172,12 @@ class InsightSimulator:
         self._valid_requests = 0
         self.max_in_flight = 0
         self.callbacks_sent = self.callback_failures = 0
+        self._rearm_outage()
+
+    def _rearm_outage(self) -> None:
+        """The outage begins afresh, counting requests from now."""
+        self._outage_started_at = None
+        self._outage_baseline = len(self.requests)
 
     # -- the API ---------------------------------------------------------------
 
@@ -156,6 +190,7 @@ class InsightSimulator:
             content_type=request.headers.get("Content-Type", ""),
         )
         self.requests.append(record)
+        self._maybe_start_outage(record)
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
@@ -167,6 +202,8 @@ class InsightSimulator:
         refusal = await self._validate(request, record)
         if refusal is not None:
             return self._reply(request, record, *refusal)
+        if self._in_outage(record.started):
+            return self._outage(request, record)
         self._valid_requests += 1
         ordinal = self._valid_requests
         await self._sleep_latency()
@@ -266,6 +303,30 @@ class InsightSimulator:
             roll -= rate
         return None
 
+    def _maybe_start_outage(self, record: RecordedRequest) -> None:
+        if self.settings.outage_status is None or self._outage_started_at is not None:
+            return
+        if len(self.requests) - self._outage_baseline > self.settings.outage_after_requests:
+            self._outage_started_at = record.started
+
+    def _outage_window(self) -> tuple[float, float] | None:
+        if self._outage_started_at is None:
+            return None
+        return self._outage_started_at, self._outage_started_at + self.settings.outage_seconds
+
+    def _in_outage(self, started: float) -> bool:
+        window = self._outage_window()
+        return self.settings.outage_status is not None and window is not None and window[0] <= started < window[1]
+
+    def _outage(self, request: web.Request, record: RecordedRequest) -> web.Response:
+        status = self.settings.outage_status or 503
+        record.fault = "outage"
+        response = self._reply(request, record, status, OUTAGE_MESSAGES.get(status) or _phrase(status))
+        retry_after = self.settings.outage_retry_after_seconds
+        if retry_after is not None and status in (429, 503):
+            response.headers["Retry-After"] = str(retry_after)
+        return response
+
     def _queue(self, record: RecordedRequest) -> None:
         record.queued = True
         self.queued_numbers.update(record.numbers)
@@ -341,6 +402,7 @@ class InsightSimulator:
 
     def stats(self) -> dict[str, Any]:
         codes = Counter(str(r.status) for r in self.requests)
+        window = self._outage_window()
         return {
             "requests": len(self.requests),
             "by_status": dict(codes),
@@ -354,6 +416,12 @@ class InsightSimulator:
             "last_request_at": max((r.started for r in self.requests), default=None),
             "callbacks_sent": self.callbacks_sent,
             "callback_failures": self.callback_failures,
+            "outage_started_at": None if window is None else window[0],
+            "outage_ended_at": None if window is None else window[1],
+            "requests_during_outage": 0 if window is None else sum(
+                1 for r in self.requests if window[0] <= r.started < window[1]),
+            "first_accepted_after_outage": None if window is None else min(
+                (r.started for r in self.requests if r.status == 200 and r.started >= window[1]), default=None),
         }
 
     async def handle_stats(self, request: web.Request) -> web.Response:
@@ -369,6 +437,8 @@ class InsightSimulator:
             self.settings = SimulatorSettings.from_mapping({**asdict(self.settings), **changes})
         except (TypeError, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        if any(name.startswith("outage_") for name in changes):
+            self._rearm_outage()
         return web.json_response(asdict(self.settings) | {"developer_key": "***"})
 
     async def handle_reset(self, request: web.Request) -> web.Response:
@@ -385,6 +455,13 @@ def max_in_window(times: list[float], window_seconds: float) -> int:
             start += 1
         best = max(best, end - start + 1)
     return best
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase.lower()
+    except ValueError:
+        return "service outage"
 
 
 def _basic_auth(header: str) -> tuple[str | None, str | None]:

@@ -290,12 +290,13 @@ def _campaign(conn: Connection, campaign_id: int) -> Any:
 
 
 def _chunks_with_submissions(conn: Connection, campaign_id: int) -> Sequence[Row[Any]]:
-    def outcome_is(outcome: Outcome) -> Any:
-        return func.coalesce(func.sum(case((Submission.outcome == outcome.value, 1), else_=0)), 0)
+    def outcome_is(*outcomes: Outcome) -> Any:
+        return func.coalesce(func.sum(case((Submission.outcome.in_([o.value for o in outcomes]), 1), else_=0)), 0)
 
+    # a reconciled row (a call result proved an unknown chunk queued) counts as accepted
     per_chunk = (
         select(Submission.chunk_id, func.count().label("rows"), outcome_is(Outcome.SENDING).label("sending"),
-               outcome_is(Outcome.ACCEPTED).label("accepted"))
+               outcome_is(Outcome.ACCEPTED, Outcome.RECONCILED).label("accepted"))
         .where(Submission.campaign_id == campaign_id).group_by(Submission.chunk_id).subquery()
     )
     return conn.execute(

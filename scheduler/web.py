@@ -18,11 +18,14 @@ from .repository import Repository, utcnow
 log = logging.getLogger("scheduler.web")
 
 Readiness = Callable[[], Awaitable[list[str]]]
+Details = Callable[[], dict[str, object]]
 
 
 class WebServer:
-    def __init__(self, repo: Repository, settings: Settings, metrics: Metrics, readiness: Readiness) -> None:
+    def __init__(self, repo: Repository, settings: Settings, metrics: Metrics, readiness: Readiness,
+                 details: Details | None = None) -> None:
         self.repo = repo
+        self.details = details or dict
         self.settings = settings
         self.metrics = metrics
         self.readiness = readiness
@@ -99,11 +102,14 @@ class WebServer:
         except DatabaseError as exc:
             log.error("callback for chunk %s not stored: %s", chunk_id, exc)
             return web.json_response({"error": "try again"}, status=503)
+        if stored == "reconciled":
+            log.warning("campaign %s chunk %s: was unknown; a call result on its result_url proves Plum queued it: "
+                        "now succeeded (reconciled)", campaign_id, chunk_id)
         if stored == "unknown_chunk":
             self.metrics.callbacks.labels(status="unknown_chunk").inc()
             return web.json_response({"error": "no such campaign chunk"}, status=404)
-        self.metrics.callbacks.labels(status=details.status if stored == "stored" else "duplicate").inc()
-        return web.json_response({"stored": stored == "stored"})
+        self.metrics.callbacks.labels(status=details.status if stored != "duplicate" else "duplicate").inc()
+        return web.json_response({"stored": stored != "duplicate"})
 
     # -- operations --------------------------------------------------------------
 
@@ -111,10 +117,12 @@ class WebServer:
         return web.Response(text="alive")
 
     async def readyz(self, request: web.Request) -> web.Response:
+        """503 when this daemon cannot work (database unreachable, no recent tick); Plum being
+        down is named in the body but stays 200: restarting the daemon would not help."""
         problems = await self.readiness()
         if problems:
-            return web.json_response({"ready": False, "problems": problems}, status=503)
-        return web.json_response({"ready": True})
+            return web.json_response({"ready": False, "problems": problems, **self.details()}, status=503)
+        return web.json_response({"ready": True, **self.details()})
 
     async def metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")

@@ -28,7 +28,7 @@ def test_every_problem_is_reported_with_its_key_path():
             "submission.chunk_size: must be >= 1 (got 0)",
             "submission.rate_limit_per_second: must be > 0.0 (got 0)",
             "submission.bogus: unknown key; remove it (known keys here: chunk_size, max_concurrency, "
-            "rate_limit_per_second, rate_limit_margin_seconds, max_rejections_without_success, retry)",
+            "rate_limit_per_second, rate_limit_margin_seconds, max_rejections_without_success, retry, outage)",
             "submission.retry.max_tries: must be >= 1 (got 0)",
             "insight.timeout_seconds: must be a number (got 'abc')",
             "nonsense: unknown key; remove it (known keys here: database, insight, submission, scheduler, "

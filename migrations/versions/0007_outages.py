@@ -1,0 +1,44 @@
+"""outages: the circuit breaker as admins see it, tries not counted during an outage
+
+- ``plum_accounts``: one row per Plum account (base URL + user) with its circuit
+  breaker (open since, probes sent, last error, a Retry-After hold), for
+  ``campaign list``/``show`` and the daemons.
+- ``chunks.outage_tries``: attempts that failed while Plum was down for everyone;
+  they are not counted against ``max_tries``.
+
+Revision ID: 0007
+Revises: 0006
+"""
+from alembic import op
+import sqlalchemy as sa
+import scheduler.models
+
+
+revision = '0007'
+down_revision = '0006'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        'plum_accounts',
+        sa.Column('account', sa.String(length=512), nullable=False),
+        sa.Column('breaker', sa.String(length=16), server_default=sa.text("'closed'"), nullable=False),
+        sa.Column('open_since', scheduler.models.UTCDateTime(), nullable=True),
+        sa.Column('probes', sa.Integer(), server_default=sa.text('0'), nullable=False),
+        sa.Column('last_error', sa.Text(), nullable=True),
+        sa.Column('hold_until', scheduler.models.UTCDateTime(), nullable=True),
+        sa.Column('outages', sa.Integer(), server_default=sa.text('0'), nullable=False),
+        sa.Column('updated_at', scheduler.models.UTCDateTime(), nullable=False),
+        sa.Column('updated_by', sa.String(length=128), nullable=True),
+        sa.PrimaryKeyConstraint('account', name=op.f('pk_plum_accounts')),
+    )
+    with op.batch_alter_table('chunks') as batch:
+        batch.add_column(sa.Column('outage_tries', sa.Integer(), server_default=sa.text('0'), nullable=False))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('chunks') as batch:
+        batch.drop_column('outage_tries')
+    op.drop_table('plum_accounts')

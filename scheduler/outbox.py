@@ -1,0 +1,234 @@
+"""Writing Plum's answers to the ledger, through database outages.
+
+An answer is written at once when the database answers. When it does not (or
+takes longer than ``JOURNAL_AFTER_SECONDS``), the answer goes to the local
+journal first (fsynced), then waits in order behind earlier ones and is written
+with backoff as soon as the database is back. While anything waits here the
+dispatcher claims nothing: a new claim needs the database anyway, and answers
+are written in the order they came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from . import journal as journal_file
+from .errors import DatabaseError
+from .insight import SubmitResult
+from .journal import Journal
+from .ledger import ClaimedChunk
+from .repository import Repository, utcnow
+from .retry import NextStep
+
+log = logging.getLogger("scheduler.outbox")
+
+# A write still running after this long goes to the journal too: a kill -9 while the
+# database hangs must not lose the answer.
+JOURNAL_AFTER_SECONDS = 1.0
+FIRST_BACKOFF_SECONDS = 0.1
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The database did not answer (down, restarting, locked beyond the busy timeout)."""
+    if isinstance(exc, (DatabaseError, OSError, OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class DatabaseHealth:
+    """Says once that the database went away, and once that it is back."""
+
+    def __init__(self, clock: Callable[[], datetime] = utcnow) -> None:
+        self.clock = clock
+        self.down_since: datetime | None = None
+        self.last_error: str | None = None
+
+    def failed(self, exc: BaseException, doing: str) -> None:
+        self.last_error = str(exc)
+        if self.down_since is None:
+            self.down_since = self.clock()
+            log.error("database unreachable (%s): %s; no new requests until it answers; answers from Plum are "
+                      "kept in order (and in the journal) and written when it is back", doing, exc)
+
+    def ok(self) -> None:
+        if self.down_since is not None:
+            log.warning("database reachable again after %.1f s of outage; sending resumes",
+                        (self.clock() - self.down_since).total_seconds())
+            self.down_since = None
+
+
+@dataclass
+class LedgerWrite:
+    """One write an answer (or an unsent claim) owes the ledger."""
+
+    kind: str  # "record": Plum's answer; "release": the claim given back unsent
+    claim: ClaimedChunk
+    now: datetime
+    result: SubmitResult | None = None
+    plan: NextStep | None = None
+    worker: str = ""
+    rejection_limit: int = 0
+    expired_at: datetime | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def to_json(self) -> str:
+        return journal_file.entry_to_json(self.id, self.kind, self.claim, self.now, self.result, self.plan,
+                                          worker=self.worker, rejection_limit=self.rejection_limit,
+                                          expired_at=self.expired_at)
+
+    @classmethod
+    def from_entry(cls, entry: dict[str, Any]) -> "LedgerWrite":
+        return cls(kind=entry["kind"], claim=entry["claim"], now=entry["now"], result=entry.get("result"),
+                   plan=entry.get("plan"), worker=entry.get("worker", ""),
+                   rejection_limit=entry.get("rejection_limit", 0), expired_at=entry.get("expired_at"),
+                   id=entry["id"])
+
+    async def apply(self, repo: Repository) -> NextStep | None:
+        if self.kind == "release":
+            await repo.release_claim(self.claim, self.expired_at)
+            return None
+        assert self.result is not None and self.plan is not None
+        return await repo.record_outcome(self.claim, self.worker, self.result, self.plan, self.now,
+                                         self.rejection_limit)
+
+
+class Outbox:
+    def __init__(self, repo: Repository, journal: Journal | None, health: DatabaseHealth,
+                 max_backoff_seconds: float = 2.0) -> None:
+        self.repo = repo
+        self.journal = journal
+        self.health = health
+        self.max_backoff_seconds = max_backoff_seconds
+        self._queue: deque[tuple[LedgerWrite, asyncio.Future[NextStep | None]]] = deque()
+        self._drainer: asyncio.Task[None] | None = None
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._journaled: set[str] = set()
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    async def drained(self) -> None:
+        """Until every earlier answer is in the database."""
+        await self._empty.wait()
+
+    async def write(self, item: LedgerWrite) -> NextStep | None:
+        """The step the ledger applied. Returns once the database has it; a cancellation
+        before that leaves it in the journal, so it is written at the next start."""
+        attempt = asyncio.ensure_future(self._direct(item) if not self._queue else self._enqueue(item))
+        try:
+            done, _ = await asyncio.wait({attempt}, timeout=JOURNAL_AFTER_SECONDS)
+            if not done:
+                self._journal(item)
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            if not attempt.done():
+                self._journal(item)
+            raise
+
+    async def _direct(self, item: LedgerWrite) -> NextStep | None:
+        try:
+            applied = await item.apply(self.repo)
+        except Exception as exc:  # noqa: BLE001 - sorted below: an outage waits, a bug is raised
+            if not unreachable(exc):
+                raise
+            self.health.failed(exc, "writing an answer from Plum")
+            return await self._enqueue(item)
+        self._done(item)
+        return applied
+
+    async def _enqueue(self, item: LedgerWrite) -> NextStep | None:
+        self._journal(item)
+        future: asyncio.Future[NextStep | None] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        self._empty.clear()
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        delay = FIRST_BACKOFF_SECONDS
+        while self._queue:
+            item, future = self._queue[0]
+            try:
+                applied = await item.apply(self.repo)
+            except Exception as exc:  # noqa: BLE001 - an outage is retried; a bug ends this write
+                if unreachable(exc):
+                    self.health.failed(exc, "writing an answer from Plum")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.max_backoff_seconds)
+                    continue
+                log.exception("campaign %s chunk %s: this answer could not be written", item.claim.campaign_id,
+                              item.claim.chunk_id)
+                self._queue.popleft()
+                self._done(item)
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            self._queue.popleft()
+            self._done(item)
+            self.health.ok()
+            if not future.done():
+                future.set_result(applied)
+            delay = FIRST_BACKOFF_SECONDS
+        self._empty.set()
+
+    def _journal(self, item: LedgerWrite) -> None:
+        if self.journal is not None and item.id not in self._journaled:
+            self.journal.append(item.id, item.to_json())
+            self._journaled.add(item.id)
+
+    def _done(self, item: LedgerWrite) -> None:
+        if self.journal is not None and item.id in self._journaled:
+            self._journaled.discard(item.id)
+            self.journal.mark_done(item.id)
+
+    def close(self) -> int:
+        """At shutdown: what is still waiting is in the journal (written at the next start)."""
+        if self._drainer is not None:
+            self._drainer.cancel()
+        left = len(self._queue)
+        for item, future in self._queue:
+            self._journal(item)
+            if not future.done():
+                future.cancel()
+        self._queue.clear()
+        self._empty.set()
+        if self.journal is not None:
+            self.journal.close()
+        return left
+
+
+async def replay(repo: Repository, base: Path) -> int:
+    """At start, before any claim: apply the journals left by daemons that stopped with answers
+    unwritten (this one's last life included). Returns how many entries were applied."""
+    applied = 0
+    for path, handle in journal_file.leftovers(base):
+        try:
+            handle.seek(0)
+            entries, torn = journal_file.pending_entries(iter(handle.read().splitlines()))
+            if torn:
+                log.warning("journal %s: %d line(s) could not be read (cut short by a kill while being "
+                            "written; their answers were never acknowledged) and are skipped", path, torn)
+            for entry in entries:
+                await LedgerWrite.from_entry(entry).apply(repo)
+                applied += 1
+            if entries:
+                log.warning("journal %s: %d answer(s) from Plum that could not be written while the database "
+                            "was unreachable are now in the ledger", path, len(entries))
+            handle.truncate(0)
+        finally:
+            handle.close()
+        if path != base:
+            path.unlink(missing_ok=True)
+    return applied
