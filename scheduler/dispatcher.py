@@ -32,10 +32,10 @@ from .insight import BulkQueueRequest, InsightClient, SubmitResult
 from .metrics import Metrics
 from .models import Outcome
 from .ratelimit import RateLimiter
-from .ledger import ClaimedChunk, ClaimTimes
+from .ledger import ENDED_REASON, ClaimedChunk, ClaimTimes, outage_note
 from .outbox import DatabaseHealth, LedgerWrite, Outbox, unreachable
 from .repository import Repository, utcnow
-from .retry import NextStep, Step, during_outage, next_step
+from .retry import NextStep, Step, during_outage, next_step, plum_said
 
 log = logging.getLogger("scheduler.dispatcher")
 submission_log = logging.getLogger("scheduler.submission")
@@ -247,8 +247,9 @@ class Dispatcher:
 
     async def _release(self, claim: ClaimedChunk, expired_at: datetime | None = None) -> None:
         """Give an unsent claim back (through the outbox: the database may be down)."""
+        reason = outage_note(ENDED_REASON, self.breaker.since)
         await self.outbox.write(LedgerWrite("release", claim, self.clock(), worker=self.worker,
-                                            expired_at=expired_at))
+                                            expired_at=expired_at, reason=reason))
 
     async def _send(self, claim: ClaimedChunk, slot: float, permit: Permit = Permit.NORMAL) -> None:
         started = asyncio.get_running_loop().time()
@@ -344,7 +345,8 @@ class Dispatcher:
         """What the answer means for the chunk, once the breaker has learnt from it: a failure
         while Plum is down for everyone does not use up one of the chunk's tries."""
         health = health_of(result.outcome, result.status_code) if learn else Health.NEUTRAL
-        change = self.breaker.observe(health, result.error, permit, time.monotonic(), self.clock())
+        change = self.breaker.observe(health, plum_said(result.status_code, result.error), permit,
+                                      time.monotonic(), self.clock())
         retry_after = result.retry_after_seconds
         if retry_after is not None and result.status_code in RETRY_AFTER_HOLDS:
             self.breaker.hold(min(retry_after, self.settings.submission.retry.max_retry_after_seconds),
@@ -366,7 +368,7 @@ class Dispatcher:
             self.metrics.outages.labels(account=self.account).inc()
             outage = self.settings.submission.outage
             log.error("Plum account %s: circuit breaker OPEN after %d retryable failures in a row (last: %s); "
-                      "no new requests: one probe at a time, the first in %.0f s, then waits doubling up to %.0f s; "
+                      "no new requests: one probe at a time, the first in %g s, then waits doubling up to %g s; "
                       "failures meanwhile are not counted against max_tries", self.account,
                       self.breaker.failures_in_a_row, change.last_error, outage.initial_probe_interval_seconds,
                       outage.max_probe_interval_seconds)

@@ -435,8 +435,25 @@ def reconcile_called(conn: Connection, chunk_ids: list[int], now: datetime) -> l
             finished_at=received_at, outcome=Outcome.RECONCILED.value, error=note, contact_count=contact_count))
         remember_queued(conn, chunk_id, campaign_id, now)
         refresh(conn, campaign_id, now)
+        _complete_if_clean(conn, campaign_id, now)
         done.append(chunk_id)
     return done
+
+
+def _complete_if_clean(conn: Connection, campaign_id: int, now: datetime) -> None:
+    """A campaign that finished with errors only because of unknown chunks is completed once
+    call results reconciled them all."""
+    campaign = conn.execute(select(Campaign.status, Campaign.ingested_at, Campaign.contacts_valid)
+                            .where(Campaign.id == campaign_id)).first()
+    if campaign is None or campaign.status != CampaignStatus.COMPLETED_WITH_ERRORS.value:
+        return
+    counts = dict(conn.execute(select(Chunk.status, func.count()).where(Chunk.campaign_id == campaign_id)
+                               .group_by(Chunk.status)).all())
+    if finished_status(CampaignStatus.RUNNING.value, campaign.ingested_at, campaign.contacts_valid,
+                       counts) == CampaignStatus.COMPLETED.value:
+        conn.execute(update(Campaign).where(Campaign.id == campaign_id).values(
+            status=CampaignStatus.COMPLETED.value, status_seen=CampaignStatus.COMPLETED.value, updated_at=now,
+            last_error="its unknown chunks were all reconciled from call results"))
 
 
 # -- counters and the end of a campaign ----------------------------------------------

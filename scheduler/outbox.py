@@ -22,6 +22,7 @@ from typing import Any, Callable
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from . import journal as journal_file
+from . import ledger
 from .errors import DatabaseError
 from .insight import SubmitResult
 from .journal import Journal
@@ -78,23 +79,24 @@ class LedgerWrite:
     worker: str = ""
     rejection_limit: int = 0
     expired_at: datetime | None = None
+    reason: str = ledger.ENDED_REASON  # of an expiry
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_json(self) -> str:
         return journal_file.entry_to_json(self.id, self.kind, self.claim, self.now, self.result, self.plan,
                                           worker=self.worker, rejection_limit=self.rejection_limit,
-                                          expired_at=self.expired_at)
+                                          expired_at=self.expired_at, reason=self.reason)
 
     @classmethod
     def from_entry(cls, entry: dict[str, Any]) -> "LedgerWrite":
         return cls(kind=entry["kind"], claim=entry["claim"], now=entry["now"], result=entry.get("result"),
                    plan=entry.get("plan"), worker=entry.get("worker", ""),
                    rejection_limit=entry.get("rejection_limit", 0), expired_at=entry.get("expired_at"),
-                   id=entry["id"])
+                   reason=entry.get("reason", ledger.ENDED_REASON), id=entry["id"])
 
     async def apply(self, repo: Repository) -> NextStep | None:
         if self.kind == "release":
-            await repo.release_claim(self.claim, self.expired_at)
+            await repo.release_claim(self.claim, self.expired_at, self.reason)
             return None
         assert self.result is not None and self.plan is not None
         return await repo.record_outcome(self.claim, self.worker, self.result, self.plan, self.now,

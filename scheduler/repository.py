@@ -635,7 +635,8 @@ class DaemonQueries(_Store):
         """
         return await self._ledger(ledger.claim_next, worker, times, after_campaign_id, recent_since)
 
-    async def release_claim(self, claim: ClaimedChunk, expired_at: datetime | None = None) -> None:
+    async def release_claim(self, claim: ClaimedChunk, expired_at: datetime | None = None,
+                            reason: str = ledger.ENDED_REASON) -> None:
         """Undo a claim whose request was never sent: back to pending (shutdown between
         claim and POST), or expired (the campaign's window closed meanwhile). Only while the
         claim is still its daemon's: a chunk declared unknown, resent or claimed by another
@@ -644,7 +645,7 @@ class DaemonQueries(_Store):
         target = ChunkStatus.PENDING
         if expired_at is not None:
             target = ChunkStatus.EXPIRED
-            values.update(finished_at=expired_at, last_error=ledger.ENDED_REASON)
+            values.update(finished_at=expired_at, last_error=reason)
         async with self._write() as session:
             moved = await (await session.connection()).run_sync(
                 ledger.move_chunks, and_(Chunk.id == claim.chunk_id, Chunk.claim_token == claim.token),

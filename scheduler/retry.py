@@ -81,7 +81,7 @@ def next_step(
     retry_after_seconds: float | None = None,
 ) -> NextStep:
     """The ledger's rule for every outcome (the daemon issue's list), as data."""
-    said = _plum_said(status_code, error)
+    said = plum_said(status_code, error)
     if outcome is Outcome.ACCEPTED:
         return NextStep(Step.SUCCEEDED)
     if outcome is Outcome.RETRYABLE:
@@ -108,11 +108,11 @@ def during_outage(plan: NextStep, status_code: int | None, error: str | None,
     it waits for Plum without using up a try (the breaker paces the probes, so no backoff here)."""
     if plum_down_since is None or plan.step not in (Step.RETRY, Step.FAILED):
         return plan
-    return NextStep(Step.RETRY, None, f"{_plum_said(status_code, error)}; Plum unavailable since "
+    return NextStep(Step.RETRY, None, f"{plum_said(status_code, error)}; Plum unavailable since "
                     f"{plum_down_since:%H:%M} UTC: not counted against max_tries", counted=False)
 
 
-def _plum_said(status_code: int | None, error: str | None) -> str:
+def plum_said(status_code: int | None, error: str | None) -> str:
     if status_code is None:
         return error or "no answer"
     return f"HTTP {status_code}" + (f" from Plum: {error}" if error and not error.startswith("HTTP ") else "")

@@ -34,11 +34,10 @@ def upgrade() -> None:
         sa.Column('updated_by', sa.String(length=128), nullable=True),
         sa.PrimaryKeyConstraint('account', name=op.f('pk_plum_accounts')),
     )
-    with op.batch_alter_table('chunks') as batch:
-        batch.add_column(sa.Column('outage_tries', sa.Integer(), server_default=sa.text('0'), nullable=False))
+    # A plain ADD COLUMN (SQLite can): a batch copy of chunks would trip the delete triggers of 0006.
+    op.add_column('chunks', sa.Column('outage_tries', sa.Integer(), server_default=sa.text('0'), nullable=False))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('chunks') as batch:
-        batch.drop_column('outage_tries')
+    op.drop_column('chunks', 'outage_tries')  # SQLite 3.35+
     op.drop_table('plum_accounts')
