@@ -1,6 +1,7 @@
 """Benchmarks: measures us against the limits, all traffic on loopback.
 
-    python bench/run.py            # every row (about 4 minutes on 2 cores)
+    python bench/run.py            # every row (about 7 minutes on 2 cores; rows 9 and 10 take
+                                   # about 2 minutes and 40 s: a 90 s Plum outage, a 10 s PostgreSQL one)
     python bench/run.py --quick    # smaller sizes, for a smoke run
     python bench/run.py --only 1,2 # some rows
 
@@ -14,6 +15,7 @@ import argparse
 import asyncio
 import csv
 import json
+import logging
 import os
 import platform
 import resource
@@ -172,6 +174,11 @@ class SimProcess:
         async with aiohttp.ClientSession() as session:
             async with session.get(f"http://127.0.0.1:{self.port}/_requests") as response:
                 return sorted(r["started"] for r in await response.json())
+
+    async def requests(self) -> list[dict]:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{self.port}/_requests") as response:
+                return await response.json()
 
     async def reset(self) -> None:
         async with aiohttp.ClientSession() as session:
@@ -495,6 +502,174 @@ async def unknown_contacts(url: str, campaign_id: int) -> int:
     return int(count or 0)
 
 
+# -- 9. Plum down for 90 s: the circuit breaker ----------------------------------------------
+
+
+class Collected(logging.Handler):
+    """Keeps the records of one logger (and its children) for the duration of a row."""
+
+    def __init__(self, name: str, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.logger = logging.getLogger(name)
+        self.records: list[logging.LogRecord] = []
+        self._level = level
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> "Collected":
+        # The daemon run in-process never applies settings.logging (only the CLI and SIGHUP
+        # do): the logger's own level is what lets INFO records through.
+        self._old_level = self.logger.level
+        self.logger.setLevel(self._level)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self._old_level)
+
+    def lines(self, *needles: str, since: float = 0.0) -> list[str]:
+        """Matching messages, each with its time in seconds after `since` (a time.time() value)."""
+        return [f"  t={r.created - since:+7.2f} s {r.levelname} {r.name}: {r.getMessage()}"
+                for r in self.records if any(n in r.getMessage() for n in needles)]
+
+
+async def plum_outage(workdir: Path, outage: float, chunks: int = 60, rate: float = 5) -> tuple[Row, list[str]]:
+    """Plum answers 503 to everything for `outage` seconds from the first request, then recovers.
+    The project's default retry and outage settings: the breaker, not the bench, decides."""
+    path = generate_contacts(workdir / "plum-outage.csv", chunks * 100, bad_every=0, repeat_every=0)
+    async with SimProcess("--outage-status", "503", "--outage-seconds", f"{outage:g}") as sim:
+        url = await fresh_sqlite(workdir)
+        cfg = settings(url, sim.base_url, chunk_size=100, rate_limit_per_second=rate, max_concurrency=4,
+                       retry={})  # {}: the defaults (5 tries, 1 s .. 60 s backoff), not settings()' fast ones
+        # all of scheduler.*: the breaker's lines are scheduler.dispatcher's; the rest (a warning
+        # per 503) would otherwise reach stderr through logging's last-resort handler
+        with Collected("scheduler") as logs:
+            wall, row = await run_campaign(url, path, cfg)
+        stats = await sim.stats()
+        if os.environ.get("BENCH_DEBUG"):
+            outage_start = stats["outage_started_at"] or 0.0
+            print("\n".join(logs.lines("circuit breaker", since=outage_start)), file=sys.stderr)
+            print("requests until the first 200 (t, status):", [
+                (round(r["started"] - outage_start, 2), r["status"]) for r in await sim.requests()
+                if r["started"] <= (stats["first_accepted_after_outage"] or 0.0)], file=sys.stderr)
+    start, end = stats["outage_started_at"], stats["outage_ended_at"]
+    first = stats["first_accepted_after_outage"]
+    delay = None if first is None or end is None else first - end
+    during, twice = stats["requests_during_outage"], stats["numbers_queued_more_than_once"]
+    probes = sum(1 for r in logs.records if "probe" in r.getMessage() and "circuit breaker is open" in r.getMessage())
+    ideal = outage + row.chunks_total / rate
+    ok = (row.status == "completed" and row.chunks_failed == 0 and during <= 30 and delay is not None
+          and delay <= 30 and twice == 0)
+    notes = [f"row 9: circuit breaker (t from the outage's start; it ended at t=+{outage:g} s; {probes} probes):"]
+    notes += logs.lines("circuit breaker OPEN", "circuit breaker CLOSED", since=start or 0.0) or ["  (none logged)"]
+    return Row(f"9. Plum outage {outage:g} s (503) at R={rate:g}/s, {row.chunks_total} chunks of 100, default retry",
+               f"{row.status}, {row.chunks_failed} failed chunks; {during} requests during the outage "
+               f"({probes} probes); first 200 {'-' if delay is None else f'{delay:.1f} s'} after it ended; "
+               f"{twice} queued twice; {wall:.1f} s wall",
+               f"ideal {ideal:.0f} s ({outage:g} s outage + {row.chunks_total} / {rate:g}/s)",
+               f"{wall / ideal:.3f} of ideal",
+               "completed, 0 failed, <= 30 requests in the outage, first 200 <= 30 s after, 0 twice",
+               "yes" if ok else "no"), notes
+
+
+# -- 10. PostgreSQL down for 10 s mid-campaign ----------------------------------------------------
+
+
+async def postgres_outage(workdir: Path, size: int, outage: float, stop_after: float,
+                          rate: float = 10, timeout: float = 600) -> tuple[Row, list[str]]:
+    """A throw-away cluster (never the shared server) stopped ("fast") after `stop_after` s of
+    sending, started again `outage` s later; the daemon runs in-process throughout."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from scheduler.errors import DatabaseError
+    from tests.support.pg_cluster import TempPostgres
+
+    down_errors = (DatabaseError, SQLAlchemyError, OSError)
+    path = generate_contacts(workdir / f"pg-outage{size}.csv", size, bad_every=0, repeat_every=0)
+    cluster = TempPostgres(workdir / "pg")
+    try:
+        cluster.start()
+        url = cluster.create_database("insight_bench")
+        engine = db.create_engine(url)
+        await db.upgrade(engine)
+        repo = Repository(engine)
+        async with SimProcess("--latency-mean-seconds", "0.2") as sim:
+            cfg = settings(url, sim.base_url, chunk_size=100, rate_limit_per_second=rate, max_concurrency=4)
+            # not ./insight-scheduler.journal, the default for PostgreSQL: that one may hold someone's answers
+            cfg.scheduler.journal_path = str(workdir / "pg-outage.journal")
+            poll = cfg.scheduler.poll_interval_seconds
+            now = utcnow()
+            row = await repo.create_campaign(NewCampaign(
+                name="bench", survey_id="1", instance_id="1", contacts_path=str(path),
+                start_at=now, end_at=now + timedelta(hours=3)))
+            daemon = Daemon(cfg, handle_signals=False)
+            with Collected("scheduler") as logs:
+                started = time.monotonic()
+                task = asyncio.get_running_loop().create_task(daemon.run())
+                try:
+                    while True:
+                        first = (await sim.stats())["first_request_at"]
+                        if first is not None and time.time() - first >= stop_after:
+                            break
+                        if task.done() or time.monotonic() - started > timeout:
+                            raise RuntimeError("the campaign did not start sending")
+                        await asyncio.sleep(0.05)
+                    # in a thread: the daemon's loop (ours too) keeps running, as it would in its own process
+                    stopping = time.time()
+                    await asyncio.to_thread(cluster.stop, "fast")
+                    down = time.time()
+                    await asyncio.sleep(outage)
+                    await asyncio.to_thread(cluster.restart)
+                    back = time.time()
+                    while True:
+                        try:
+                            current = await repo.get_campaign(row.id)
+                            if current.status in FINAL:
+                                break
+                        except down_errors:
+                            pass
+                        if task.done() or time.monotonic() - started > timeout:
+                            raise RuntimeError("campaign did not finish")
+                        await asyncio.sleep(0.05)
+                    wall = time.monotonic() - started
+                finally:
+                    daemon.request_stop()
+                    await asyncio.wait_for(task, 60)
+            stats = await sim.stats()
+            requests = await sim.requests()
+        async with engine.connect() as conn:
+            unknown = await conn.scalar(text("SELECT count(*) FROM chunks WHERE campaign_id = :id AND "
+                                             "status = 'unknown'"), {"id": row.id})
+            recorded = await conn.scalar(text("SELECT count(*) FROM submissions WHERE status_code = 200"))
+        await engine.dispose()
+    finally:
+        cluster.close()
+    sim_200 = stats["by_status"].get("200", 0)
+    after = [r["started"] for r in requests if r["started"] >= back]
+    resumed = min(after) - back if after else None
+    while_down = sum(1 for r in requests if stopping <= r["started"] < back)
+    twice = stats["numbers_queued_more_than_once"]
+    ideal = current.chunks_total / rate + outage
+    ok = (unknown == 0 and recorded == sim_200 and resumed is not None and resumed <= 2 * poll
+          and current.status == "completed" and twice == 0)
+    notes = [f"row 10: database outage (t from stop(); server down at t=+{down - stopping:.2f} s, "
+             f"back at t=+{back - stopping:.2f} s):"]
+    notes += logs.lines("database unreachable", "database reachable again", "journal", since=stopping) or [
+        "  (none logged)"]
+    return Row(f"10. PostgreSQL down {outage:g} s (stop fast, restart) at {rate:g} requests/s, "
+               f"{current.chunks_total} chunks of 100, 0.2 s latency",
+               f"{current.status}, {unknown} chunks unknown; {sim_200} 200s at the simulator, {recorded} in "
+               f"submissions; first request {'-' if resumed is None else f'{resumed:.2f} s'} after the restart "
+               f"({while_down} started while down); {twice} queued twice; {wall:.1f} s wall",
+               f"ideal {ideal:.0f} s ({current.chunks_total} / {rate:g}/s + {outage:g} s down); "
+               f"poll {poll:g} s",
+               f"{'-' if resumed is None else f'{resumed / poll:.2f}'} polls to resume; {wall / ideal:.3f} of ideal",
+               "completed, 0 unknown, 200s equal, resumes <= 2 polls", "yes" if ok else "no"), notes
+
+
 def table(rows: list[Row]) -> str:
     lines = ["| benchmark | measured | baseline / limit | ratio | goal | met |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.name} | {r.measured} | {r.baseline} | {r.ratio} | {r.goal} | {r.met} |" for r in rows]
@@ -504,6 +679,7 @@ def table(rows: list[Row]) -> str:
 async def main(quick: bool, only: set[int]) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="insight-bench-"))
     rows: list[Row] = []
+    notes: list[str] = []
     sizes = [10_000, 100_000] if quick else [10_000, 100_000, 1_000_000]
     wanted = (lambda n: not only or n in only)  # noqa: E731
     if wanted(1):
@@ -524,9 +700,20 @@ async def main(quick: bool, only: set[int]) -> None:
         rows.append(await kill_nine(workdir, 5_000 if quick else 20_000, 50))
     if wanted(8):
         rows.append(await ingestion_with_windows(workdir, sizes[-1]))
+    if wanted(9):
+        row, more = await plum_outage(workdir, 20 if quick else 90)
+        rows.append(row)
+        notes += more
+    if wanted(10):
+        row, more = await postgres_outage(workdir, 5_000 if quick else 15_000, 5 if quick else 10,
+                                          2 if quick else 5)
+        rows.append(row)
+        notes += more
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\nbench run {stamp} on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})\n")
     print(table(rows))
+    if notes:
+        print("\n" + "\n".join(notes))
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ async def test_call_results_flow_into_show_export_and_metrics(repo, db_url, tmp_
     assert 'insight_submissions_total{outcome="retryable",status_code="500"} 2.0' in metrics
     assert f'insight_submissions_total{{outcome="accepted",status_code="200"}} {sim.stats()["by_status"]["200"]}.0' \
         in metrics
-    assert ready == (200, {"ready": True})
+    assert ready == (200, {"ready": True, "plum": "accepting", "plum_state": "Plum accepting requests",
+                           "answers_waiting_for_database": 0})
     # the export carries the call results
     out = tmp_path / "export.csv"
     assert await write_export(repo, row.id, out) == 30
