@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 
+from scheduler.breaker import Snapshot
 from tests.conftest import REPO_ROOT, repository_at
 from tests.support.harness import execute
 
@@ -23,14 +24,15 @@ async def test_list_and_show_say_the_campaign_is_waiting_for_plum(cli, db_url):
         "--start", "2030-12-01T14:00:00Z", "--end", "2030-12-02T14:00:00Z")
     async with repository_at(db_url) as repo:
         await execute(repo, "UPDATE campaigns SET status = 'running', status_seen = 'running'")
-        await execute(repo, "INSERT INTO plum_accounts (account, breaker, open_since, probes, last_error, outages, "
-                            "updated_at) VALUES (:a, 'open', :since, 4, 'HTTP 503 from Plum: service unavailable', "
-                            "1, :since)", a=ACCOUNT, since=datetime(2026, 12, 3, 14, 2, 11, tzinfo=timezone.utc))
+        # the row the daemon writes when its breaker opens (repository.save_account)
+        since = datetime(2026, 12, 3, 14, 2, 11, tzinfo=timezone.utc)
+        await repo.save_account(ACCOUNT, Snapshot(True, since, 4, "HTTP 503 from Plum: service unavailable", None),
+                                "d1", since)
     listed = cli("campaign", "list").stdout
     assert "waiting for Plum since" in " ".join(listed.split())
     assert "(4 probes)" in " ".join(listed.split())
     shown = " ".join(cli("campaign", "show", "1").stdout.split())  # rich wraps at the terminal's width
-    assert "waiting for Plum since 2026-12-03 14:02:11 UTC (4 probes); last error: HTTP 503" in shown
+    assert "waiting for Plum since 2026-12-03 14:02:11 UTC (4 probes); last error: HTTP 503" in shown, shown[:3000]
     data = json.loads(cli("campaign", "show", "1", "--json").stdout)
     assert data["plum"].startswith("waiting for Plum since 2026-12-03 14:02:11 UTC (4 probes)")
     assert data["unknown_outcomes"] == {"reconciled_from_call_results": 0, "still_unconfirmed": 0}
