@@ -1,7 +1,7 @@
 """Benchmarks: measures us against the limits, all traffic on loopback.
 
-    python bench/run.py            # every row (about 7 minutes on 2 cores; rows 9 and 10 take
-                                   # about 2 minutes and 40 s: a 90 s Plum outage, a 10 s PostgreSQL one)
+    python bench/run.py            # every row (about 7 minutes on 2 cores; rows 9 and 10 together
+                                   # take about 2 1/4: a 90 s Plum outage, a 10 s PostgreSQL one)
     python bench/run.py --quick    # smaller sizes, for a smoke run
     python bench/run.py --only 1,2 # some rows
 

@@ -84,6 +84,7 @@ class Breaker:
         self.last_error: str | None = None
         self._interval = settings.initial_probe_interval_seconds
         self._next_probe_at = 0.0  # monotonic
+        self._probe_started = 0.0
         self._hold_until = 0.0  # monotonic: Retry-After for the whole account
         self._hold_until_wall: datetime | None = None
 
@@ -110,6 +111,7 @@ class Breaker:
             return Permit.NORMAL
         self.probe_in_flight = True
         self.probes += 1
+        self._probe_started = now
         return Permit.PROBE
 
     def still_permits(self, permit: Permit) -> bool:
@@ -143,8 +145,10 @@ class Breaker:
         self.last_error = error or "no answer"
         if self.is_open:
             if permit is Permit.PROBE:
+                # counted from when the probe left, so Plum back just after a failed probe waits
+                # at most max_probe_interval_seconds for the next one
                 self._interval = min(self._interval * 2, self.settings.max_probe_interval_seconds)
-                self._next_probe_at = now + self._interval
+                self._next_probe_at = self._probe_started + self._interval
             return None
         if self.failures_in_a_row < self.settings.failure_threshold:
             return None

@@ -73,6 +73,8 @@ class Dispatcher:
         self._breaker_changed = asyncio.Event()
         self.breaker_dirty = False
         self.metrics = metrics or Metrics()
+        self.metrics.breaker_open.labels(account=account_key(settings.insight.base_url,
+                                                             settings.insight.username)).set(0)
         self.client = client
         self.worker = worker
         self.clock = clock

@@ -144,7 +144,7 @@ class Journal:
 
     def close(self) -> None:
         if self._handle is not None:
-            if not self._open_entries and self._handle.tell() == 0:
+            if not self._open_entries and os.fstat(self._handle.fileno()).st_size == 0:
                 self._handle.close()
                 self.path.unlink(missing_ok=True)
             else:

@@ -14,9 +14,11 @@ import threading
 import time
 from collections import Counter
 
+import aiohttp
 import pytest
 
 from scheduler import db
+from scheduler.config import Settings
 from scheduler.errors import DatabaseError
 from tests.conftest import repository_at
 from tests.e2e.test_daemon_process import start_daemon, write_config
@@ -72,8 +74,13 @@ async def test_postgresql_restarting_mid_campaign_loses_no_answer(cluster, tmp_p
     numbers = valid_numbers(400)
     contacts = write_contacts(tmp_path / "c.csv", numbers)
     caplog.set_level("INFO", logger="scheduler")
+    port = pg_cluster.free_port()
     async with repository_at(url) as repo, simulator(latency_mean_seconds=0.4) as sim:
         settings = settings_for(url, sim.base_url, chunk_size=10, rate_limit_per_second=10, max_concurrency=4)
+        settings = Settings.model_validate({**settings.model_dump(mode="json"),
+                                            "insight": {**settings.insight.model_dump(mode="json"),
+                                                        "developer_key": "right-key"},
+                                            "callbacks": {"listen": f"127.0.0.1:{port}"}})
         row = await repo.create_campaign(campaign(contacts))
         async with running_daemon(settings):
             while len(sim.requests) < 8:
@@ -81,6 +88,8 @@ async def test_postgresql_restarting_mid_campaign_loses_no_answer(cluster, tmp_p
             cluster.stop("fast")  # requests are in flight: their answers come while it is down
             await asyncio.sleep(3.0)
             during = len(sim.requests)
+            async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/readyz") as response:
+                ready = (response.status, await response.json())
             cluster.restart()
             back = time.time()
             done = await wait_through_outages(repo, row.id, FINAL)
@@ -89,6 +98,7 @@ async def test_postgresql_restarting_mid_campaign_loses_no_answer(cluster, tmp_p
     first_after = min(r.started for r in sim.requests if r.started >= back)
     assert first_after - back <= 2 * settings.scheduler.poll_interval_seconds + 1.0  # resumes within 2 polls
     assert during <= 8 + 4  # nothing new was claimed while it was down (what was in flight at most)
+    assert ready[0] == 503 and any(p.startswith("database unreachable") for p in ready[1]["problems"]), ready
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("database unreachable") for m in messages)
     assert any(m.startswith("database reachable again") for m in messages)
@@ -180,3 +190,30 @@ async def test_stopping_while_sqlite_is_locked_keeps_answers_in_the_journal_for_
     messages = [r.getMessage() for r in caplog.records]
     assert any("kept in the journal" in m for m in messages)
     assert any("from the journal" in m and "before claiming anything" in m for m in messages)
+
+
+async def test_postgresql_going_away_during_ingestion_restarts_it_cleanly(cluster, tmp_path, caplog):
+    url = cluster.create_database("ingest")
+    await migrated(url)
+    numbers = valid_numbers(20_000, seed=7)
+    contacts = write_contacts(tmp_path / "c.csv", numbers)
+    caplog.set_level("INFO", logger="scheduler")
+    async with repository_at(url) as repo, simulator() as sim:
+        settings = settings_for(url, sim.base_url, chunk_size=500, rate_limit_per_second=50, max_concurrency=4)
+        row = await repo.create_campaign(campaign(contacts))
+        async with running_daemon(settings):
+            while True:  # contacts are being written, the campaign is not ingested yet
+                try:
+                    if await scalar(repo, "SELECT count(*) FROM contacts") > 0:
+                        break
+                except DatabaseError:
+                    pass
+                await asyncio.sleep(0.005)
+            cluster.stop("immediate")
+            await asyncio.sleep(2.0)
+            cluster.restart()
+            done = await wait_through_outages(repo, row.id, FINAL, timeout=90)
+        await ground_truth(repo, sim, numbers)
+    assert done.status == "completed", done.last_error
+    assert (done.contacts_valid, done.contacts_queued) == (20_000, 20_000)
+    assert await scalar(repo, "SELECT count(*) FROM contacts") == 20_000
