@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Callable, Coroutine
 from rich.console import Console
 from rich.table import Table
 
-from . import db, windows
+from . import db, stored_files, windows
 from .config import Settings, load_settings
 from .errors import UserError
 from .models import Campaign, CampaignStatus
@@ -373,9 +373,14 @@ async def cmd_campaign_create(args: argparse.Namespace, settings: Settings) -> i
     from .repository import utcnow
 
     new = _new_campaign_from_args(args, settings, utcnow())
+    try:
+        packed = await asyncio.to_thread(stored_files.pack, Path(new.contacts_path))
+    except OSError as exc:
+        raise UserError(f"--contacts: cannot read {new.contacts_path}: {exc.strerror or exc}") from None
     async with _repository(settings) as repo:
-        row = await repo.create_campaign(new)
-    print(f"campaign {row.id} created ({row.status}): {row.name}")
+        row = await repo.create_campaign(new, packed)
+    print(f"campaign {row.id} created ({row.status}): {row.name}; contacts file stored in the database "
+          f"({packed.size_bytes:,} bytes, {len(packed.data):,} compressed): any daemon can read it")
     return 0
 
 
@@ -412,6 +417,7 @@ def _progress(row: Campaign) -> str:
 async def cmd_campaign_show(args: argparse.Namespace, settings: Settings) -> int:
     async with _repository(settings) as repo:
         report = await repo.campaign_report(args.id)
+        report.contacts_file = await repo.stored_contacts_summary(args.id)
         if report.campaign.status == CampaignStatus.RUNNING.value:
             report.plum_state = plum_state(await repo.plum_accounts(), _account(settings))
     if args.json:

@@ -32,7 +32,7 @@ from .insight import BulkQueueRequest, InsightClient, SubmitResult
 from .metrics import Metrics
 from .models import Outcome
 from .ratelimit import RateLimiter
-from .ledger import ENDED_REASON, ClaimedChunk, ClaimTimes, outage_note
+from .ledger import ACCOUNT_FULL, ENDED_REASON, AccountFull, AccountLimits, ClaimedChunk, ClaimTimes, outage_note
 from .outbox import DatabaseHealth, LedgerWrite, Outbox, unreachable
 from .repository import Repository, utcnow
 from .retry import NextStep, Step, during_outage, next_step, plum_said
@@ -48,6 +48,8 @@ LEASE_SLACK_SECONDS = 60
 # between almost never leaves a never-sent chunk `unknown` (at 0.05/s a whole
 # interval would be 20 s).
 CLAIM_LEAD_SECONDS = 0.25
+# With the account's requests all out (perhaps other daemons'), how often to look again.
+ROOM_POLL_SECONDS = 0.05
 # On a cancelled write (shutdown), how long to let it finish before leaving it to the journal.
 WRITE_GRACE_SECONDS = 2.0
 RETRY_AFTER_HOLDS = (429, 503)  # a Retry-After on these holds the whole account
@@ -88,6 +90,7 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._stopping = False
         self._last_campaign_id = 0
+        self._next_slot = 0.0  # loop time: this daemon's estimate of the account's next free slot
         self._loop_task: asyncio.Task[Any] | None = None
 
     # -- control -----------------------------------------------------------------
@@ -139,7 +142,6 @@ class Dispatcher:
 
     async def run(self) -> None:
         self._loop_task = asyncio.current_task()
-        self.limiter.hold_off()
         while not self._stopping:
             try:
                 await self._one_round()
@@ -161,19 +163,23 @@ class Dispatcher:
         permit = await self._wait_for_breaker()
         if permit is None:
             return
-        # Book the next send slot; we wake just before it to claim and build the
-        # request, then it leaves exactly at the slot (see _send).
+        # Wake just before the account's next send slot to claim (which books the slot) and
+        # build the request; it then leaves exactly at its slot (see _send).
         try:
-            slot = await self.limiter.reserve(min(self.limiter.interval_seconds, CLAIM_LEAD_SECONDS))
+            await self._near_rate_slot()
             claim = None if self._stopping else await self._claim_shielded()
         except BaseException:
             self.breaker.give_back(permit)
             raise
-        if claim is None:
+        if not isinstance(claim, ClaimedChunk):
             self.breaker.give_back(permit)
-            if not self._stopping:
+            if claim is ACCOUNT_FULL:
+                await self._wait_for_room()
+            elif not self._stopping:
                 await self._idle()
             return
+        slot = asyncio.get_running_loop().time() + claim.slot_delay_seconds
+        self._next_slot = slot + self.limiter.interval_seconds
         self.outbox.health.ok()
         self._last_campaign_id = claim.campaign_id
         if permit is Permit.PROBE:
@@ -183,19 +189,43 @@ class Dispatcher:
         self.metrics.in_flight.set(len(self._in_flight))
         task.add_done_callback(self._finished)
 
-    async def _claim_shielded(self) -> ClaimedChunk | None:
+    async def _near_rate_slot(self) -> None:
+        """Sleep until shortly before the account's next free slot. At low rates the database is
+        asked (another daemon, or this one's earlier life, may have booked ahead); at high rates
+        this daemon's own last slot says it, and a claim waits at most a few intervals."""
+        loop = asyncio.get_running_loop()
+        if self.limiter.interval_seconds > CLAIM_LEAD_SECONDS:
+            wait = await self.repo.rate_wait(self.account)
+        else:
+            wait = self._next_slot - loop.time()
+        if wait > CLAIM_LEAD_SECONDS:
+            await asyncio.sleep(wait - CLAIM_LEAD_SECONDS)
+
+    async def _wait_for_room(self) -> None:
+        """The account has max_concurrency requests out (maybe other daemons'): wait for one of
+        ours to end, or a short while for theirs."""
+        self._slot_freed.clear()
+        try:
+            await asyncio.wait_for(self._slot_freed.wait(), ROOM_POLL_SECONDS)
+        except asyncio.TimeoutError:
+            pass
+
+    def limits(self) -> AccountLimits:
+        return AccountLimits(self.account, self.limiter.interval_seconds, self.settings.submission.max_concurrency)
+
+    async def _claim_shielded(self) -> ClaimedChunk | AccountFull | None:
         # A claim that committed must not be lost to a cancellation: give it back.
         now = self.clock()
         lease = timedelta(seconds=self.settings.insight.timeout_seconds + LEASE_SLACK_SECONDS)
         times = ClaimTimes(now=now, lease_until=now + lease, open_until=now + windows.MIN_WINDOW,
                            opens_by=now + timedelta(seconds=self.settings.scheduler.lead_seconds))
         task = asyncio.ensure_future(self.repo.claim_next_chunk(
-            self.worker, times, self._last_campaign_id, recent_since(self.settings, now)))
+            self.worker, times, self._last_campaign_id, recent_since(self.settings, now), self.limits()))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             claim = await task
-            if claim is not None:
+            if isinstance(claim, ClaimedChunk):
                 await self._release(claim)
             raise
 

@@ -11,16 +11,17 @@ import itertools
 import json
 import logging
 import multiprocessing
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 
 from .config import Settings
 from .errors import LedgerKept
 from .contacts import ContactsFileError, ContactsHeader, ParsedContact, iter_contacts, pack_extra
 from .repository import ContactTuple, NewChunk
-from . import windows
+from . import stored_files, windows
 from .models import Campaign
 from .phones import Normaliser, ZoneLookup
 from .repository import Repository
@@ -240,7 +241,11 @@ async def ingest_campaign(
         log.error("campaign %s failed: %s", campaign.id, exc)
         return False
     try:
-        header, counts = await _stream_into_database(repo, campaign, settings, worker, clock)
+        async with contacts_source(repo, campaign) as (path, label):
+            try:
+                header, counts = await _stream_into_database(repo, campaign, settings, worker, clock, path)
+            except ContactsFileError as exc:
+                raise ContactsFileError(str(exc).replace(str(path), label)) from None
     except ContactsFileError as exc:
         await repo.clear_ingestion(campaign.id, worker)
         await repo.fail_campaign(campaign.id, str(exc), clock(), worker)
@@ -252,16 +257,37 @@ async def ingest_campaign(
     return True
 
 
+@asynccontextmanager
+async def contacts_source(repo: Repository, campaign: Campaign) -> AsyncIterator[tuple[Path, str]]:
+    """The file to read and how messages name it: the copy stored in the database (written to a
+    temporary file, removed afterwards), else contacts_path as an admin wrote it."""
+    stored = await repo.stored_contacts(campaign.id)
+    if stored is None:
+        yield Path(campaign.contacts_path), campaign.contacts_path
+        return
+    try:
+        path = await asyncio.to_thread(stored_files.unpack, stored.data, stored.sha256)
+    except stored_files.CorruptFile as exc:
+        raise ContactsFileError(f"contacts file {stored.file_name} (stored in the database): {exc}; "
+                                "create the campaign again with campaign create --contacts") from None
+    del stored  # the compressed bytes are not needed while the file is read
+    try:
+        yield path, f"{Path(campaign.contacts_path).name} (stored in the database)"
+    finally:
+        path.unlink(missing_ok=True)
+
+
 async def _stream_into_database(
-    repo: Repository, campaign: Campaign, settings: Settings, worker: str, clock: Callable[[], datetime]
+    repo: Repository, campaign: Campaign, settings: Settings, worker: str, clock: Callable[[], datetime],
+    path: Path,
 ) -> tuple[str, dict[str, int]]:
     contacts = settings.contacts
     chunk_size = campaign.chunk_size or settings.submission.chunk_size
     lease = timedelta(seconds=settings.scheduler.lease_seconds)
-    reader = _Reader(Path(campaign.contacts_path))
+    reader = _Reader(path)
     try:
         plan = window_plan(campaign, settings, clock())
-        header = await reader.call(_child_open, campaign.contacts_path, list(contacts.phone_columns),
+        header = await reader.call(_child_open, str(path), list(contacts.phone_columns),
                                    contacts.default_region, chunk_size, plan)
         upcoming = asyncio.ensure_future(reader.call(_child_next))
         while True:
@@ -278,7 +304,7 @@ async def _stream_into_database(
     await asyncio.to_thread(reader.close, True)  # reap the worker process
     if counts["total"] == 0:
         names = ", ".join((header.phone_name, *header.extra_names))
-        raise ContactsFileError(f"contacts file {campaign.contacts_path} has a header row ({names}) but no contacts")
+        raise ContactsFileError(f"contacts file {path} has a header row ({names}) but no contacts")
     header_json = json.dumps({"phone": header.phone_name, "extra": list(header.extra_names)}, ensure_ascii=False)
     counts["valid"] = counts.pop("pending") + counts["out_of_window"]
     return header_json, counts

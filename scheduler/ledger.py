@@ -12,7 +12,7 @@ Only ``repository.Repository`` calls them, inside its transactions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Boolean, Integer, String, and_, case, func, insert, literal, select, update
@@ -28,6 +28,7 @@ from .models import (
     CallResult,
     Campaign,
     Outcome,
+    PlumAccount,
     CampaignStatus,
     Chunk,
     ChunkStatus,
@@ -72,6 +73,7 @@ class ClaimedChunk:
     worker: str = ""  # the daemon that holds the claim
     token: int = 0  # chunks.claim_token at this claim: writes under the claim check it (the fence)
     outage_tries: int = 0  # earlier attempts that failed during a Plum outage (not counted)
+    slot_delay_seconds: float = 0.0  # from the claim until the account's rate slot for it
 
     @property
     def counted_attempt(self) -> int:
@@ -88,6 +90,70 @@ class ClaimedChunk:
 
 def is_postgres(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
+
+
+@dataclass(frozen=True)
+class AccountLimits:
+    """The Plum account's limits, enforced in the claim transaction for every daemon at once."""
+
+    account: str
+    interval_seconds: float  # GCRA spacing between two requests' start: (1 + margin) / rate
+    max_in_flight: int
+
+
+class AccountFull:
+    """claim_next's answer when the account already has max_in_flight requests out."""
+
+    def __repr__(self) -> str:
+        return "ACCOUNT_FULL"
+
+
+ACCOUNT_FULL = AccountFull()
+
+
+def db_epoch(conn: Connection) -> Any:
+    """SQL: now, in Unix seconds of the database's clock (the same for every daemon)."""
+    if is_postgres(conn):
+        return func.extract("epoch", func.clock_timestamp())
+    return (func.julianday("now") - 2440587.5) * 86400.0
+
+
+def _account_row(conn: Connection, account: str) -> None:
+    """Lock the account's row (PostgreSQL; SQLite's write transaction is the lock), creating it
+    the first time: claims of every daemon on this account take turns here."""
+    query = select(PlumAccount.account).where(PlumAccount.account == account)
+    if is_postgres(conn):
+        query = query.with_for_update()
+    if conn.execute(query).first() is None:
+        dialect_insert = postgresql_insert if is_postgres(conn) else sqlite_insert
+        conn.execute(dialect_insert(PlumAccount).values(account=account, updated_at=datetime.now(timezone.utc))
+                     .on_conflict_do_nothing(index_elements=[PlumAccount.account]))
+        conn.execute(query)
+
+
+def in_flight(conn: Connection) -> int:
+    """Requests out at Plum now, by every daemon: chunks being submitted."""
+    return int(conn.scalar(select(func.count()).select_from(Chunk)
+                           .where(Chunk.status == ChunkStatus.SUBMITTING.value)) or 0)
+
+
+def take_slot(conn: Connection, limits: AccountLimits) -> float:
+    """The account's next send slot (GCRA with a burst of one, on the database's clock):
+    seconds from now until this request may start. Slots are spaced ``interval_seconds``
+    apart whatever daemon takes them, so a daemon joining or restarting never bursts."""
+    now = db_epoch(conn)
+    greatest = func.greatest if is_postgres(conn) else func.max
+    statement = (update(PlumAccount).where(PlumAccount.account == limits.account)
+                 .values(rate_next_slot=greatest(func.coalesce(PlumAccount.rate_next_slot, 0.0), now)
+                         + limits.interval_seconds)
+                 .returning(PlumAccount.rate_next_slot - limits.interval_seconds - now))
+    return max(0.0, float(conn.execute(statement).scalar_one()))
+
+
+def slot_wait(conn: Connection, account: str) -> float:
+    """Seconds until the account's next free slot (0 when one is free now), without taking it."""
+    value = conn.scalar(select(PlumAccount.rate_next_slot - db_epoch(conn)).where(PlumAccount.account == account))
+    return max(0.0, float(value or 0.0))
 
 
 @dataclass(frozen=True)
@@ -170,9 +236,16 @@ def close_stopped_and_ended(conn: Connection, now: datetime, plum_down_since: da
 
 def claim_next(
     conn: Connection, worker: str, times: ClaimTimes, after_campaign_id: int, recent_since: datetime | None = None,
-) -> ClaimedChunk | None:
-    """Take the next ready chunk, round-robin over campaigns (the caller's transaction is the lock)."""
+    limits: AccountLimits | None = None,
+) -> ClaimedChunk | AccountFull | None:
+    """Take the next ready chunk, round-robin over campaigns (the caller's transaction is the lock).
+    With ``limits``: ACCOUNT_FULL when the account has its maximum in flight, and the claim
+    carries its send slot (``slot_delay_seconds``)."""
     now = times.now
+    if limits is not None:
+        _account_row(conn, limits.account)
+        if in_flight(conn) >= limits.max_in_flight:
+            return ACCOUNT_FULL
     query = _ready_chunks(times, after_campaign_id).where(
         readable(conn, Campaign.start_at), readable(conn, Campaign.end_at))
     if is_postgres(conn):
@@ -202,6 +275,7 @@ def claim_next(
         reattempt_wait=row.reattempt_wait, result_url=row.result_url, contacts_header=row.contacts_header,
         window_start_at=row.window_start_at, window_end_at=row.window_end_at, worker=worker, token=token,
         outage_tries=row.outage_tries,
+        slot_delay_seconds=take_slot(conn, limits) if limits is not None else 0.0,
     )
 
 

@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -344,6 +345,22 @@ class Worker(Base):
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # a clean stop
 
 
+class CampaignFile(Base):
+    """A campaign's contacts file, stored by `campaign create --contacts` (zlib-compressed),
+    so that a daemon on any host can ingest it. Rows inserted by SQL have none: the daemon
+    then reads ``campaigns.contacts_path``."""
+
+    __tablename__ = "campaign_files"
+
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    file_name: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    compression: Mapped[str] = mapped_column(String(16), default="zlib", server_default=text("'zlib'"))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    stored_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+
+
 class PlumAccount(Base):
     """One row per Plum account (base URL + user): the circuit breaker as admins see it."""
 
@@ -356,6 +373,9 @@ class PlumAccount(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     hold_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
     outages: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # The account's rate limit, shared by every daemon: the next free send slot (GCRA's
+    # theoretical arrival time) in Unix seconds of the database's clock.
+    rate_next_slot: Mapped[float | None] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
     updated_by: Mapped[str | None] = mapped_column(String(128))
 

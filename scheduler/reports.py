@@ -41,6 +41,14 @@ def plum_state(accounts: Sequence[PlumAccount], account: str) -> str | None:
     return None
 
 
+def contacts_file(report: CampaignReport) -> dict[str, Any]:
+    """Where the daemons read the contacts: the copy stored in the database, or contacts_path."""
+    if report.contacts_file is None:
+        return {"stored_in_database": False, "read_from": report.campaign.contacts_path}
+    name, size, sha256 = report.contacts_file
+    return {"stored_in_database": True, "file_name": name, "size_bytes": size, "sha256": sha256}
+
+
 def unknown_summary(report: CampaignReport) -> dict[str, int]:
     """Unknown outcomes: reconciled (a call result proved the chunk queued) and still unconfirmed."""
     return {"reconciled_from_call_results": report.submissions_by_outcome.get(Outcome.RECONCILED.value, 0),
@@ -63,6 +71,7 @@ def report_as_dict(report: CampaignReport) -> dict[str, Any]:
     return {
         "campaign": {name: getattr(row, name) for name in CAMPAIGN_FIELDS},
         "plum": report.plum_state or "accepting requests",
+        "contacts_file": contacts_file(report),
         "unknown_outcomes": unknown_summary(report),
         "chunks_by_status": report.chunks_by_status,
         "contacts_by_status": report.contacts_by_status,

@@ -27,6 +27,7 @@ from .models import (
     FINAL_CAMPAIGN_STATUSES,
     Campaign,
     CampaignDeletion,
+    CampaignFile,
     CampaignStatus,
     Chunk,
     CallResult,
@@ -41,6 +42,7 @@ from .models import (
 from . import ledger
 from .ledger import ClaimedChunk
 from .retry import NextStep
+from .stored_files import PackedFile
 from .verify import VerifyQueries
 
 if TYPE_CHECKING:
@@ -88,6 +90,7 @@ class CampaignReport:
     last_request_at: datetime | None = None
     zones: list["ZoneSummary"] = field(default_factory=list)
     plum_state: str | None = None  # "waiting for Plum since ..." while the account's breaker is open
+    contacts_file: tuple[str, int, str] | None = None  # (name, bytes, sha256) when stored in the database
 
 
 @dataclass
@@ -243,11 +246,30 @@ class _Store:
 class AdminQueries(_Store):
     # -- campaigns: admin commands -------------------------------------------------
 
-    async def create_campaign(self, new: NewCampaign) -> Campaign:
+    async def create_campaign(self, new: NewCampaign, contacts: PackedFile | None = None) -> Campaign:
+        """The row, and with ``contacts`` its file's bytes (so any daemon on any host can read it)."""
         async with self._write() as session:
             row = Campaign(**new.__dict__)
             session.add(row)
+            if contacts is not None:
+                await session.flush()
+                session.add(CampaignFile(campaign_id=row.id, file_name=contacts.file_name,
+                                         size_bytes=contacts.size_bytes, sha256=contacts.sha256, data=contacts.data,
+                                         stored_at=utcnow()))
         return row
+
+    async def stored_contacts(self, campaign_id: int) -> CampaignFile | None:
+        """The contacts file stored with the campaign, or None (rows inserted by SQL: read contacts_path)."""
+        async with self._read() as session:
+            return await session.get(CampaignFile, campaign_id)
+
+    async def stored_contacts_summary(self, campaign_id: int) -> tuple[str, int, str] | None:
+        """(file name, size, sha256) of the stored file, without its bytes."""
+        async with self._read() as session:
+            found = (await session.execute(
+                select(CampaignFile.file_name, CampaignFile.size_bytes, CampaignFile.sha256)
+                .where(CampaignFile.campaign_id == campaign_id))).first()
+        return None if found is None else (found[0], int(found[1]), found[2])
 
     async def get_campaign(self, campaign_id: int) -> Campaign:
         async with self._read() as session:
@@ -627,13 +649,19 @@ class DaemonQueries(_Store):
 
     async def claim_next_chunk(
         self, worker: str, times: ledger.ClaimTimes, after_campaign_id: int = 0, recent_since: datetime | None = None,
-    ) -> ClaimedChunk | None:
-        """Atomically take the next ready chunk, round-robin over campaigns.
+        limits: ledger.AccountLimits | None = None,
+    ) -> ClaimedChunk | ledger.AccountFull | None:
+        """Atomically take the next ready chunk, round-robin over campaigns, within the account's
+        limits shared by every daemon (in flight, and the next rate slot on the database's clock).
 
         PostgreSQL: FOR UPDATE SKIP LOCKED, so replicas never wait for or take
         each other's chunk. SQLite: the BEGIN IMMEDIATE transaction is the lock.
         """
-        return await self._ledger(ledger.claim_next, worker, times, after_campaign_id, recent_since)
+        return await self._ledger(ledger.claim_next, worker, times, after_campaign_id, recent_since, limits)
+
+    async def rate_wait(self, account: str) -> float:
+        """Seconds until the account's next free send slot (any daemon may take it first)."""
+        return await self._ledger(ledger.slot_wait, account, read_only=True)
 
     async def release_claim(self, claim: ClaimedChunk, expired_at: datetime | None = None,
                             reason: str = ledger.ENDED_REASON) -> None:

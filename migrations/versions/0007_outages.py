@@ -3,6 +3,8 @@
 - ``plum_accounts``: one row per Plum account (base URL + user) with its circuit
   breaker (open since, probes sent, last error, a Retry-After hold), for
   ``campaign list``/``show`` and the daemons.
+- ``plum_accounts.rate_next_slot``: the account's rate limit shared by every daemon
+  (a GCRA: the next free send slot, Unix seconds on the database's clock).
 - ``chunks.outage_tries``: attempts that failed while Plum was down for everyone;
   they are not counted against ``max_tries``.
 
@@ -30,6 +32,7 @@ def upgrade() -> None:
         sa.Column('last_error', sa.Text(), nullable=True),
         sa.Column('hold_until', scheduler.models.UTCDateTime(), nullable=True),
         sa.Column('outages', sa.Integer(), server_default=sa.text('0'), nullable=False),
+        sa.Column('rate_next_slot', sa.Float(), nullable=True),
         sa.Column('updated_at', scheduler.models.UTCDateTime(), nullable=False),
         sa.Column('updated_by', sa.String(length=128), nullable=True),
         sa.PrimaryKeyConstraint('account', name=op.f('pk_plum_accounts')),

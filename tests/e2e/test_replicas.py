@@ -1,0 +1,128 @@
+"""Several daemon processes on one database share the Plum account's limits: at most R
+requests start in any second and at most max_concurrency are in flight at Plum, whatever
+the number of daemons, with no burst when one joins or restarts; a daemon killed -9 is
+taken over within 3 poll intervals. Every daemon gets the same config (default ids)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import pytest
+
+from tests.conftest import _truncate_pg, repository_at
+from tests.e2e.test_daemon_process import start_daemon, write_config
+from tests.support.harness import campaign, e164, rows, scalar, simulator, valid_numbers, wait_for, write_contacts
+
+FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
+RATE, IN_FLIGHT = 20, 4
+
+
+def config_for(tmp_path, name, db_url, base_url):
+    return write_config(tmp_path / f"{name}.yaml", db_url, base_url, None, chunk_size=10,
+                        rate_limit_per_second=RATE, max_concurrency=IN_FLIGHT)
+
+
+async def stop_all(procs):
+    for proc in procs:
+        if proc.returncode is None:
+            proc.terminate()
+    await asyncio.gather(*(p.wait() for p in procs))
+
+
+def account_wide(stats):
+    return stats["max_started_in_one_second"], stats["max_in_flight"]
+
+
+async def accounted(repo, numbers, sim) -> int:
+    """Every valid contact queued or in an unknown chunk; nothing queued twice. Returns the unknown chunks."""
+    assert sim.stats()["numbers_queued_more_than_once"] == 0
+    queued = {p for (p,) in await rows(repo, "SELECT phone FROM contacts WHERE status = 'queued'")}
+    unknown = {p for (p,) in await rows(repo, "SELECT phone FROM contacts WHERE status = 'unknown'")}
+    assert queued | unknown == {e164(n) for n in numbers}
+    assert queued <= set(sim.queued_numbers) <= queued | unknown
+    return await scalar(repo, "SELECT count(*) FROM chunks WHERE status = 'unknown'")
+
+
+@pytest.fixture
+async def pg_repo(pg_url):
+    await _truncate_pg(pg_url)
+    async with repository_at(pg_url) as repo:
+        yield repo
+
+
+async def test_three_daemons_share_the_limits_and_one_killed_is_taken_over(pg_repo, pg_url, tmp_path):
+    repo = pg_repo
+    numbers = valid_numbers(3000, seed=3)
+    contacts = write_contacts(tmp_path / "c.csv", numbers)
+    async with simulator(latency_mean_seconds=0.15, latency_jitter_seconds=0.05) as sim:
+        row = await repo.create_campaign(campaign(contacts))
+        procs = [await start_daemon(config_for(tmp_path, f"d{i}", pg_url, sim.base_url), tmp_path / f"d{i}.log")
+                 for i in range(3)]
+        try:
+            while len(sim.requests) < 40:
+                await asyncio.sleep(0.02)
+            procs[0].send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            await procs[0].wait()
+            done = await wait_for(repo, row.id, FINAL, timeout=60)
+            finished_after_kill = time.monotonic() - killed_at
+        finally:
+            await stop_all(procs)
+        stats = sim.stats()
+    per_second, in_flight = account_wide(stats)
+    assert per_second <= RATE, stats
+    assert in_flight <= IN_FLIGHT, stats
+    unknown = await accounted(repo, numbers, sim)
+    assert unknown <= IN_FLIGHT
+    assert done.status in ("completed", "completed_with_errors")
+    # 300 requests at 20/s is 15 s in all; the dead daemon's claims did not wait for a lease
+    assert finished_after_kill <= 300 / RATE + 5
+    workers = dict(await rows(repo, "SELECT worker, count(*) FROM submissions GROUP BY worker"))
+    assert len(workers) == 3
+
+
+async def test_a_daemon_joining_mid_run_adds_no_burst(pg_repo, pg_url, tmp_path):
+    repo = pg_repo
+    numbers = valid_numbers(1500, seed=4)
+    contacts = write_contacts(tmp_path / "c.csv", numbers)
+    async with simulator(latency_mean_seconds=0.1) as sim:
+        row = await repo.create_campaign(campaign(contacts))
+        procs = [await start_daemon(config_for(tmp_path, "first", pg_url, sim.base_url), tmp_path / "first.log")]
+        try:
+            while len(sim.requests) < 30:
+                await asyncio.sleep(0.02)
+            for name in ("second", "third"):
+                procs.append(await start_daemon(config_for(tmp_path, name, pg_url, sim.base_url),
+                                                tmp_path / f"{name}.log"))
+            done = await wait_for(repo, row.id, FINAL, timeout=60)
+        finally:
+            await stop_all(procs)
+        stats = sim.stats()
+    assert done.status == "completed", done.last_error
+    assert account_wide(stats)[0] <= RATE and account_wide(stats)[1] <= IN_FLIGHT, stats
+    assert await accounted(repo, numbers, sim) == 0
+
+
+async def test_a_daemon_restarted_at_once_after_kill_9_adds_no_burst(pg_repo, pg_url, tmp_path):
+    repo = pg_repo
+    numbers = valid_numbers(1500, seed=5)
+    contacts = write_contacts(tmp_path / "c.csv", numbers)
+    async with simulator(latency_mean_seconds=0.1) as sim:
+        row = await repo.create_campaign(campaign(contacts))
+        config = config_for(tmp_path, "solo", pg_url, sim.base_url)
+        procs = [await start_daemon(config, tmp_path / "solo.log")]
+        try:
+            while len(sim.requests) < 30:
+                await asyncio.sleep(0.02)
+            procs[0].send_signal(signal.SIGKILL)
+            await procs[0].wait()
+            procs.append(await start_daemon(config, tmp_path / "solo.log"))
+            done = await wait_for(repo, row.id, FINAL, timeout=60)
+        finally:
+            await stop_all(procs)
+        stats = sim.stats()
+    assert done.status in ("completed", "completed_with_errors")
+    assert account_wide(stats)[0] <= RATE and account_wide(stats)[1] <= IN_FLIGHT, stats
+    assert await accounted(repo, numbers, sim) <= IN_FLIGHT
