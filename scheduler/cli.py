@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--calling-window", metavar="HH:MM-HH:MM",
                       help="local calling hours (default with --timezone-policy: 08:00-21:00, the US rule)")
     demo.add_argument("--campaign-timezone", metavar="ZONE", help="with --timezone-policy campaign, e.g. America/Chicago")
+    demo.add_argument("--replicas", type=int, default=1, metavar="N",
+                      help="run N daemon processes on one database, sharing the account's limits")
+    demo.add_argument("--database-url", metavar="URL",
+                      help="with --replicas: a PostgreSQL server to use (the demo creates and drops its own "
+                           "database there); default a SQLite file")
     demo.set_defaults(handler=cmd_demo, needs_config=False)
     commands.add_parser("run", help="run the daemon (until SIGTERM / SIGINT; SIGHUP reloads config)").set_defaults(
         handler=cmd_run
@@ -83,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="exit 0 if the database answers and a daemon ticked recently, else 1")
     check.add_argument("--worker", help="this daemon's scheduler.worker_id (default: any daemon)")
     check.set_defaults(handler=cmd_check)
+    workers = commands.add_parser("workers", help="live and recently dead daemons, from their heartbeats")
+    workers.add_argument("--hours", type=float, default=24.0, metavar="H",
+                         help="also list daemons that last ticked within this many hours (default 24)")
+    workers.add_argument("--json", action="store_true", help="machine-readable output")
+    workers.set_defaults(handler=cmd_workers)
     chunk = commands.add_parser("chunk", help="decide about single chunks")
     chunk_sub = chunk.add_subparsers(dest="chunk_command", required=True, parser_class=_Parser)
     resend = chunk_sub.add_parser("resend", help="send an unknown chunk again (it may call people twice)")
@@ -475,11 +485,21 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     window = args.calling_window or ("08:00-21:00" if args.timezone_policy else None)
     policy = args.timezone_policy or "recipient"
     problems += _demo_window_problems(window, policy, args.campaign_timezone)
+    if not 1 <= args.replicas <= 16:
+        problems.append(f"--replicas: must be between 1 and 16 (got {args.replicas})")
+    if args.database_url and args.replicas == 1:
+        problems.append("--database-url: only with --replicas 2 or more (the single-daemon demo uses SQLite)")
+    if args.replicas > 1 and (args.callbacks or window):
+        problems.append("--replicas: not with --callbacks, --calling-window or --timezone-policy")
     if problems:
         raise UserError("cannot run the demo:\n" + "\n".join(f"  {p}" for p in problems))
     options = DemoOptions(contacts=args.contacts, rate=args.rate, fail_rate=args.fail_rate,
                           chunk_size=args.chunk_size, keep=args.keep, callbacks=args.callbacks,
                           calling_window=window, timezone_policy=policy, campaign_timezone=args.campaign_timezone)
+    if args.replicas > 1:
+        from .replicas_demo import run_replicas_demo
+
+        return await run_replicas_demo(options, args.replicas, args.database_url, _console())
     return await run_demo(options, _console())
 
 
@@ -649,6 +669,36 @@ async def cmd_suppress_list(args: argparse.Namespace, settings: Settings) -> int
     for row in rows:
         table.add_row(row.number, row.reason or "", fmt_time(row.added_at), row.source or "")
     _console().print(table if rows else "the suppression list is empty")
+    return 0
+
+
+async def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
+
+    from .identity import state_of
+    from .repository import utcnow
+
+    if args.hours <= 0:
+        raise UserError(f"--hours: must be > 0 (got {args.hours:g})")
+    now = utcnow()
+    async with _repository(settings) as repo:
+        found = await repo.worker_activity(now - timedelta(hours=args.hours), now - timedelta(minutes=1))
+    poll = settings.scheduler.poll_interval_seconds
+    listed: list[dict[str, Any]] = [{"id": a.worker.worker_id, "state": state_of(a.worker, now, poll), "host": a.worker.host,
+               "pid": a.worker.pid, "version": a.worker.version, "started_at": a.worker.started_at,
+               "last_tick_at": a.worker.last_tick_at, "stopped_at": a.worker.stopped_at,
+               "in_flight": a.in_flight, "requests_last_minute": a.requests_last_minute} for a in found]
+    if args.json:
+        print(json.dumps(listed, indent=2, default=str))
+        return 0
+    table = Table("id", "state", "host", "pid", "version", "started (UTC)", "last tick (UTC)", "in flight",
+                  "requests last minute", title=f"daemons seen in the last {args.hours:g} h")
+    for w in listed:
+        table.add_row(str(w["id"]), str(w["state"]), str(w["host"] or "-"), str(w["pid"] or "-"),
+                      str(w["version"] or "-"),
+                      fmt_time(w["started_at"]), fmt_time(w["last_tick_at"]), str(w["in_flight"]),
+                      str(w["requests_last_minute"]))
+    _console().print(table if listed else f"no daemon ticked in the last {args.hours:g} h")
     return 0
 
 

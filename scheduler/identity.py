@@ -61,3 +61,12 @@ def id_in_use_message(worker_id: str, row: Worker) -> str:
     return (f"scheduler.worker_id: {worker_id!r} is in use by a live daemon (host {row.host or '?'}, "
             f"pid {row.pid or '?'}, last tick {row.last_tick_at:%Y-%m-%d %H:%M:%S} UTC): give each daemon "
             "its own id, or leave scheduler.worker_id unset (each process then gets a unique one)")
+
+
+def state_of(row: Worker, now: datetime, poll_interval_seconds: float) -> str:
+    """'alive', 'stopped' (a clean stop) or 'dead' (no heartbeat for 3 poll intervals)."""
+    if row.stopped_at is not None:
+        return "stopped"
+    if row.last_tick_at is None or row.last_tick_at < dead_before(now, poll_interval_seconds):
+        return "dead"
+    return "alive"

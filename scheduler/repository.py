@@ -147,6 +147,14 @@ class ExportRow(NamedTuple):
     duration_seconds: int | None
 
 
+class WorkerActivity(NamedTuple):
+    """A daemon's heartbeat row and what it is doing (for `insight-scheduler workers`)."""
+
+    worker: Worker
+    in_flight: int
+    requests_last_minute: int
+
+
 @dataclass(frozen=True)
 class WindowMove:
     chunk_id: int
@@ -834,6 +842,29 @@ class ResultQueries(_Store):
     async def worker_stopped(self, worker: str, now: datetime) -> None:
         async with self._write() as session:
             await session.execute(update(Worker).where(Worker.worker_id == worker).values(stopped_at=now))
+
+    async def worker_activity(self, seen_since: datetime, minute_ago: datetime) -> list[WorkerActivity]:
+        """Daemons that ticked since ``seen_since``, each with its requests in flight (chunks it
+        is submitting) and the requests it started since ``minute_ago``."""
+        async with self._read() as session:
+            workers = (await session.scalars(select(Worker).where(Worker.last_tick_at >= seen_since)
+                                             .order_by(Worker.started_at))).all()
+            in_flight = dict((await session.execute(
+                select(Chunk.lease_owner, func.count()).where(Chunk.status == ChunkStatus.SUBMITTING.value)
+                .group_by(Chunk.lease_owner))).all())
+            recent = dict((await session.execute(
+                select(Submission.worker, func.count()).where(Submission.started_at >= minute_ago,
+                                                              Submission.outcome != "reconciled")
+                .group_by(Submission.worker))).all())
+        return [WorkerActivity(w, int(in_flight.get(w.worker_id, 0)), int(recent.get(w.worker_id, 0)))
+                for w in workers]
+
+    async def requests_by_worker(self) -> dict[str, int]:
+        """HTTP requests each daemon sent (submission rows, reconciliations aside)."""
+        async with self._read() as session:
+            return {str(worker): int(count) for worker, count in (await session.execute(
+                select(Submission.worker, func.count()).where(Submission.outcome != "reconciled")
+                .group_by(Submission.worker))).all()}
 
     async def get_worker(self, worker: str) -> Worker | None:
         async with self._read() as session:
