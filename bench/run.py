@@ -34,7 +34,7 @@ import phonenumbers
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scheduler import db  # noqa: E402
+from scheduler import db, stored_files  # noqa: E402
 from scheduler.config import Settings  # noqa: E402
 from scheduler.demo import generate_contacts  # noqa: E402
 from scheduler.ingest import ingest_campaign  # noqa: E402
@@ -253,18 +253,46 @@ def naive_floor(path: Path) -> float:
     return time.perf_counter() - started
 
 
-async def ingest_once(path: Path, db_url: str, calling_window: str | None = None) -> dict:
+async def create_stored(path: Path, db_url: str) -> tuple[int, dict]:
+    """What `campaign create --contacts FILE` does (in the admin's CLI process, not the daemon's):
+    the file packed (zlib, SHA-256) and stored with the campaign. Its id and the CLI's timings."""
+    started = time.perf_counter()
+    packed = await asyncio.to_thread(stored_files.pack, path)
+    pack_seconds = time.perf_counter() - started
+    engine = db.create_engine(db_url)
+    repo = Repository(engine)
+    now = utcnow()
+    started = time.perf_counter()
+    # three days: with calling windows every zone has a window before end_at
+    row = await repo.create_campaign(NewCampaign("bench", "1", "1", str(path), now, now + timedelta(days=3)), packed)
+    create_seconds = time.perf_counter() - started
+    await repo.close()
+    return row.id, {"pack_seconds": pack_seconds, "create_seconds": create_seconds,
+                    "file_mb": packed.size_bytes / 1e6, "packed_mb": len(packed.data) / 1e6}
+
+
+async def ingest_once(campaign_id: int, db_url: str, calling_window: str | None = None) -> dict:
     """Runs in a fresh process (see --ingest-one) so peak RSS is this ingestion's alone."""
     from scheduler.phones import warm_up
 
     warm_up("US")  # as the daemon does at start-up
+    # Did ingestion read the copy stored in the database (scheduler/ingest.py contacts_source)?
+    unpacked: list[float] = []
+    unpack = stored_files.unpack
+
+    def counted_unpack(*args: object, **kwargs: object) -> Path:
+        started = time.perf_counter()
+        try:
+            return unpack(*args, **kwargs)  # type: ignore[arg-type]
+        finally:
+            unpacked.append(time.perf_counter() - started)
+
+    stored_files.unpack = counted_unpack  # type: ignore[assignment]
     engine = db.create_engine(db_url)
     repo = Repository(engine)
     now = utcnow()
-    # three days: with calling windows every zone has a window before end_at
-    row = await repo.create_campaign(NewCampaign("bench", "1", "1", str(path), now, now + timedelta(days=3)))
     # ingestion is fenced by the campaign's claim, as the daemon's tick takes it
-    row = await repo.claim_campaign(row.id, "bench", now, now + timedelta(hours=1))
+    row = await repo.claim_campaign(campaign_id, "bench", now, now + timedelta(hours=1))
     stall = 0.0
     done = asyncio.Event()
 
@@ -291,13 +319,26 @@ async def ingest_once(path: Path, db_url: str, calling_window: str | None = None
         "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
         "stall_ms": stall * 1000, "zone_sets": len(report.zones),
         "out_of_window": report.contacts_by_status.get("out_of_window", 0),
+        "read_stored": len(unpacked) == 1, "unpack_seconds": sum(unpacked),
     }
 
 
-def ingest_in_subprocess(path: Path, db_url: str, calling_window: str = "") -> dict:
-    out = subprocess.run([sys.executable, __file__, "--ingest-one", str(path), db_url, calling_window],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+async def ingest_in_subprocess(path: Path, db_url: str, calling_window: str = "") -> dict:
+    """The campaign created as admins do (file stored), then ingested in a fresh process."""
+    campaign_id, cli = await create_stored(path, db_url)
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, __file__, "--ingest-one", str(campaign_id), db_url, calling_window],
+        capture_output=True, text=True, check=True)
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), **cli}
+
+
+def stored_note(result: dict) -> str:
+    """The CLI's part (not ingestion's) and where ingestion read the contacts from."""
+    source = (f"ingestion read the stored copy (unpack {result['unpack_seconds']:.2f} s, inside the ingestion time)"
+              if result["read_stored"] else "ingestion did NOT read the stored copy")
+    return (f"; campaign create: pack {result['pack_seconds']:.2f} s ({result['file_mb']:.1f} MB -> "
+            f"{result['packed_mb']:.1f} MB) + insert {result['create_seconds']:.2f} s (CLI, not in the time); "
+            f"{source}")
 
 
 async def ingestion(workdir: Path, sizes: list[int]) -> tuple[list[Row], dict[int, float]]:
@@ -308,19 +349,20 @@ async def ingestion(workdir: Path, sizes: list[int]) -> tuple[list[Row], dict[in
         for kind in ("sqlite", "postgresql"):
             url = await (fresh_sqlite(workdir) if kind == "sqlite" else fresh_postgres())
             try:
-                result = ingest_in_subprocess(path, url)
+                result = await ingest_in_subprocess(path, url)
             finally:
                 if kind == "postgresql":
                     await drop_postgres(url)
             if kind == "sqlite":
                 sqlite_seconds[size] = result["seconds"]
             rss = max(result["rss_mb"], result["worker_rss_mb"])
-            goal_ok = result["stall_ms"] <= 100 and rss <= 300 and (size < 1_000_000 or result["seconds"] <= 15)
+            goal_ok = (result["stall_ms"] <= 100 and rss <= 300 and (size < 1_000_000 or result["seconds"] <= 15)
+                       and result["read_stored"])
             rows.append(Row(
                 f"3. ingest {size:,} contacts, {kind}",
                 f"{result['seconds']:.2f} s, {result['seconds'] / size * 1e6:.1f} µs/contact, peak RSS "
                 f"{result['rss_mb']:.0f} MB (+ parser process {result['worker_rss_mb']:.0f} MB), "
-                f"max loop stall {result['stall_ms']:.0f} ms",
+                f"max loop stall {result['stall_ms']:.0f} ms{stored_note(result)}",
                 f"naive floor {floor:.2f} s ({floor / size * 1e6:.1f} µs/contact)",
                 f"{floor / result['seconds']:.2f}x faster than the floor",
                 "1M <= 15 s, RSS <= 300 MB, stall <= 100 ms", "yes" if goal_ok else "no"))
@@ -335,16 +377,18 @@ async def ingestion_with_windows(workdir: Path, size: int) -> Row:
     results: dict[str, list[dict]] = {"": [], "08:00-21:00": []}
     for window in ("", "08:00-21:00", "08:00-21:00", ""):  # interleaved, best of two: the machine is noisy
         url = await fresh_sqlite(workdir)
-        results[window].append(ingest_in_subprocess(path, url, window))
+        results[window].append(await ingest_in_subprocess(path, url, window))
     off, on = (min(results[w], key=lambda r: r["seconds"]) for w in ("", "08:00-21:00"))
     rss = max(on["rss_mb"], on["worker_rss_mb"])
-    ok = on["stall_ms"] <= 100 and rss <= 300 and on["seconds"] <= 1.10 * off["seconds"]
+    ok = (on["stall_ms"] <= 100 and rss <= 300 and on["seconds"] <= 1.10 * off["seconds"]
+          and on["read_stored"] and off["read_stored"])
     return Row(
         f"8. ingest {size:,} contacts with calling windows (08:00-21:00, recipient zones), sqlite",
         f"{on['seconds']:.2f} s, {on['chunks']} chunks over {on['zone_sets']} zone sets, "
         f"{on['out_of_window']} out_of_window, peak RSS {on['rss_mb']:.0f} MB (+ parser {on['worker_rss_mb']:.0f} MB), "
-        f"max loop stall {on['stall_ms']:.0f} ms",
-        f"windows off, same run: {off['seconds']:.2f} s, {off['chunks']} chunks (each the best of two)",
+        f"max loop stall {on['stall_ms']:.0f} ms{stored_note(on)}",
+        f"windows off, same run: {off['seconds']:.2f} s, {off['chunks']} chunks (each the best of two; "
+        f"{'stored copy read' if off['read_stored'] else 'stored copy NOT read'})",
         f"{on['seconds'] / off['seconds']:.2f}x the time without windows",
         "<= 1.10x without windows, RSS <= 300 MB, stall <= 100 ms", "yes" if ok else "no")
 
@@ -670,6 +714,255 @@ async def postgres_outage(workdir: Path, size: int, outage: float, stop_after: f
                "completed, 0 unknown, 200s equal, resumes <= 2 polls", "yes" if ok else "no"), notes
 
 
+# -- 11. three daemon processes on one PostgreSQL database share one Plum account; one killed -9 ------
+
+
+def replica_config(home: Path, db_url: str, base_url: str, rate: float, in_flight: int, chunk: int) -> Path:
+    """The same settings for every daemon: default worker id (none given), its own journal."""
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "config.yaml"
+    config.write_text("\n".join([
+        "database:", f"  url: '{db_url}'",
+        "insight:", f"  base_url: '{base_url}'", f"  developer_key: {KEY}", "  timeout_seconds: 30",
+        "submission:", f"  chunk_size: {chunk}", f"  max_concurrency: {in_flight}",
+        f"  rate_limit_per_second: {rate:g}",
+        "scheduler:", "  poll_interval_seconds: 0.5", "  shutdown_grace_seconds: 5",
+        f"  journal_path: '{home / 'insight-scheduler.journal'}'",
+        "logging:", "  level: WARNING", ""]))
+    return config
+
+
+def daemon_env() -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("INSIGHT_")}, "PYTHONPATH": str(ROOT)}
+
+
+def start_replica(config: Path) -> subprocess.Popen:
+    log = (config.parent / "daemon.log").open("ab")
+    try:
+        return subprocess.Popen([sys.executable, "-m", "scheduler", "--config", str(config), "run"],
+                                env=daemon_env(), cwd=config.parent, stdout=log, stderr=log)
+    finally:
+        log.close()
+
+
+async def stop_processes(procs: list[subprocess.Popen], grace: float = 15) -> None:
+    """SIGTERM whatever still runs, SIGKILL what has not exited after `grace` seconds."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def replicas_kill_nine(workdir: Path, size: int = 30_000, daemons: int = 3, rate: float = 30,
+                             in_flight: int = 4, chunk: int = 100, kill_after: float = 5.0,
+                             workers_after: float = 3.0, timeout: float = 180) -> tuple[Row, list[str]]:
+    """`daemons` daemon processes, the same config, one PostgreSQL database, one Plum account; the
+    campaign created as `campaign create --contacts` does (file stored); one daemon killed -9
+    `kill_after` s after the first request, `insight-scheduler workers` run `workers_after` s later."""
+    import signal
+
+    from sqlalchemy import text
+
+    path = generate_contacts(workdir / f"replicas{size}.csv", size, bad_every=0, repeat_every=0)
+    base = workdir / "replicas"
+    procs: list[subprocess.Popen] = []
+    url = await fresh_postgres()
+    engine = None
+    try:
+        async with SimProcess("--latency-mean-seconds", "0.1", "--latency-jitter-seconds", "0.05") as sim:
+            engine = db.create_engine(url)
+            repo = Repository(engine)
+            now = utcnow()
+            row = await repo.create_campaign(NewCampaign("replicas", "1", "1", str(path), now,
+                                                         now + timedelta(hours=1)), stored_files.pack(path))
+            configs = [replica_config(base / f"d{i + 1}", url, sim.base_url, rate, in_flight, chunk)
+                       for i in range(daemons)]
+            procs = [start_replica(config) for config in configs]
+            started = time.monotonic()
+            first = None
+            while first is None:
+                first = (await sim.stats())["first_request_at"]
+                if time.monotonic() - started > timeout or any(p.poll() is not None for p in procs):
+                    raise RuntimeError("the replicas did not start sending; see their daemon.log in " + str(base))
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(max(0.0, first + kill_after - time.time()))
+            victim = procs[0]
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            killed_at = time.time()
+            workers_output: list[str] = []
+            done = None
+
+            async def run_workers() -> None:
+                await asyncio.sleep(workers_after)
+                out = await asyncio.to_thread(
+                    subprocess.run, [sys.executable, "-m", "scheduler", "--config", str(configs[1]), "workers"],
+                    env=daemon_env(), cwd=configs[1].parent, capture_output=True, text=True, timeout=60)
+                workers_output.extend((out.stdout + out.stderr).rstrip().splitlines())
+                workers_output.insert(0, f"(exit {out.returncode}, run at t=+{time.time() - killed_at:.2f} s "
+                                         f"after the kill; campaign "
+                                         f"{(await repo.get_campaign(row.id)).status} then)")
+
+            workers_task = asyncio.get_running_loop().create_task(run_workers())
+            try:
+                while True:
+                    done = await repo.get_campaign(row.id)
+                    if done.status in FINAL:
+                        seen_done = time.time()
+                        break
+                    if time.monotonic() - started > timeout or all(p.poll() is not None for p in procs):
+                        raise RuntimeError(f"campaign did not finish: {done.status} {done.last_error}")
+                    await asyncio.sleep(0.05)
+            finally:
+                await workers_task
+            stats = await sim.stats()
+            requests = await sim.requests()
+            sent = await repo.requests_by_worker()
+            async with engine.connect() as conn:
+                unknown_chunks = int(await conn.scalar(text(
+                    "SELECT count(*) FROM chunks WHERE campaign_id = :id AND status = 'unknown'"), {"id": row.id}))
+                unknown = int(await conn.scalar(text(
+                    "SELECT count(*) FROM contacts WHERE campaign_id = :id AND status = 'unknown'"), {"id": row.id}))
+                victim_id = await conn.scalar(text("SELECT worker_id FROM workers WHERE pid = :pid"),
+                                              {"pid": victim.pid})
+                if os.environ.get("BENCH_DEBUG"):
+                    await replicas_debug(conn, row.id, requests, first, killed_at, in_flight,
+                                         {**{f"d{i + 1}": proc.pid for i, proc in enumerate(procs)},
+                                          "simulator": sim.proc.pid})
+        await stop_processes(procs)
+    finally:
+        await stop_processes(procs)
+        if engine is not None:
+            await engine.dispose()
+        await drop_postgres(url)
+    finished = done.finished_at.timestamp() if done.finished_at is not None else seen_done
+    done_after = finished - first
+    achieved = achieved_rate(stats)
+    per_second, most_in_flight = stats["max_started_in_one_second"], stats["max_in_flight"]
+    twice = stats["numbers_queued_more_than_once"]
+    accounted = done.contacts_queued + unknown
+    ok = (per_second <= rate and most_in_flight <= in_flight and achieved / rate >= 0.9 and twice == 0
+          and unknown_chunks <= in_flight and done_after <= 40 and accounted == done.contacts_valid
+          and done.status in ("completed", "completed_with_errors"))
+    # Evidence for the rate: the longest pause between two requests at the simulator, and when.
+    times = sorted(r["started"] for r in requests)
+    gaps = sorted(((times[i] - times[i - 1], times[i - 1]) for i in range(1, len(times))), reverse=True)[:3]
+    logs = {c.parent.name: (c.parent / "daemon.log").read_text(errors="replace").splitlines() for c in configs}
+    notes = [f"row 11: `insight-scheduler workers` during the run (killed: {victim_id}, pid {victim.pid}):"]
+    notes += ["  " + line for line in workers_output] or ["  (no output)"]
+    notes.append(f"row 11: requests per daemon {sent}; longest pauses between requests at the simulator: " + ", ".join(
+        f"{g:.2f} s at t={t - killed_at:+.2f} s from the kill" for g, t in gaps))
+    notes.append("row 11: daemon logs (WARNING and up): " + ", ".join(
+        f"{name} {len(lines)} lines" for name, lines in logs.items()))
+    for name, lines in logs.items():
+        notes += [f"  {name}: {line}" for line in lines[:5]]
+    return Row(f"11. {daemons} daemon processes, one PostgreSQL database, {size:,} contacts (stored file), chunk "
+               f"{chunk}, {rate:g}/s, {in_flight} in flight, 0.1 s latency, one killed -9 {kill_after:g} s in",
+               f"max {per_second} in any 1 s; max {most_in_flight} in flight; {achieved:.2f}/s while sending "
+               f"({stats['requests']} requests); {twice} numbers queued twice; {unknown_chunks} unknown chunks "
+               f"({done.contacts_queued:,} queued + {unknown} unknown = {accounted:,} of {done.contacts_valid:,} "
+               f"valid); {done.status} {done_after:.1f} s after the first request",
+               f"R = {rate:g}/s, {in_flight} in flight (each daemon's config, account-wide)",
+               f"{achieved / rate:.3f} of R",
+               f"max <= R, in flight <= {in_flight}, >= 0.9 R, 0 twice, <= {in_flight} unknown chunks, done <= 40 s",
+               "yes" if ok else "no"), notes
+
+
+async def replicas_debug(conn, campaign_id: int, requests: list[dict], first: float, killed_at: float,
+                         in_flight: int, pids: dict[str, int]) -> None:
+    """BENCH_DEBUG: where each request's in-flight slot went (claim -> send -> answer -> recorded)."""
+    from sqlalchemy import text
+
+    subs = (await conn.execute(text(
+        "SELECT s.chunk_id, s.worker, s.attempt, extract(epoch from s.started_at), extract(epoch from s.finished_at), "
+        "s.latency_seconds, s.outcome FROM submissions s WHERE s.campaign_id = :id ORDER BY s.started_at"),
+        {"id": campaign_id})).all()
+    chunk_of = dict((await conn.execute(text("SELECT phone, chunk_id FROM contacts WHERE campaign_id = :id"),
+                                        {"id": campaign_id})).all())
+    by_chunk = {}
+    for sub in subs:
+        by_chunk.setdefault(sub[0], []).append(sub)
+    leads, posts, tails, occ = [], [], [], []
+    for r in requests:
+        if not r["numbers"]:
+            continue
+        number = r["numbers"][0]
+        number = number if number.startswith("+") else "+" + number
+        chunk = chunk_of.get(number)
+        for sub in by_chunk.get(chunk, []):
+            if float(sub[3]) <= r["started"] + 0.05 and (sub[4] is None or float(sub[4]) >= r["started"]):
+                claim, done = float(sub[3]), sub[4] and float(sub[4])
+                leads.append(r["started"] - claim)
+                if done and sub[5] is not None:
+                    posts.append(sub[5])
+                    tails.append(done - r["started"] - sub[5])
+                    occ.append(done - claim)
+                break
+
+    def summary(name: str, values: list[float]) -> str:
+        values = sorted(values)
+        if not values:
+            return f"{name}: -"
+        return (f"{name}: mean {sum(values) / len(values) * 1000:.0f} ms, median {values[len(values) // 2] * 1000:.0f}"
+                f", p90 {values[int(len(values) * 0.9)] * 1000:.0f}, max {values[-1] * 1000:.0f} ms (n={len(values)})")
+
+    print("row 11 debug: per request, from the claim (submission started_at) to the answer recorded "
+          "(finished_at):", file=sys.stderr)
+    for name, values in (("claim -> arrival at the simulator", leads), ("POST (client latency)", posts),
+                         ("answer -> recorded (finished_at)", tails), ("slot held (claim -> recorded)", occ)):
+        print("  " + summary(name, values), file=sys.stderr)
+    # The account's in-flight count over time (chunks submitting), from the submissions' times.
+    events = sorted([(float(s[3]), 1) for s in subs] + [(float(s[4]), -1) for s in subs if s[4] is not None])
+    level, last, weighted, at_max, freed_waits, freed_at = 0, events[0][0], 0.0, 0.0, [], None
+    for t, step in events:
+        weighted += level * (t - last)
+        at_max += (t - last) if level >= in_flight else 0.0
+        if step > 0 and freed_at is not None:
+            freed_waits.append(t - freed_at)
+            freed_at = None
+        if step < 0 and level == in_flight:
+            freed_at = t
+        level += step
+        last = t
+    span = events[-1][0] - events[0][0]
+    print(f"  submitting on average {weighted / span:.2f} (limit {in_flight}), at the limit {at_max / span:.0%} of "
+          f"{span:.1f} s", file=sys.stderr)
+    print("  " + summary("from a slot freed at the limit to the next claim", freed_waits), file=sys.stderr)
+    workers = {}
+    for s in subs:
+        workers.setdefault(s[1], []).append(float(s[3]))
+    for worker, claims in workers.items():
+        print(f"  {worker}: {len(claims)} claims, first {claims[0] - first:+.2f} s last {claims[-1] - first:+.2f} s "
+              f"from the first request", file=sys.stderr)
+    print(f"  kill at {killed_at - first:+.2f} s from the first request", file=sys.stderr)
+    for chunk_id, claimed, moved in (await conn.execute(text(
+            "SELECT c.id, extract(epoch from s.started_at), extract(epoch from c.updated_at) FROM chunks c "
+            "JOIN submissions s ON s.chunk_id = c.id WHERE c.campaign_id = :id AND c.status = 'unknown'"),
+            {"id": campaign_id})).all():
+        print(f"  unknown chunk {chunk_id}: claimed {float(claimed) - first:+.2f} s, declared unknown "
+              f"{float(moved) - first:+.2f} s ({float(moved) - killed_at:.2f} s after the kill)", file=sys.stderr)
+    times = sorted(r["started"] for r in requests)
+    phases = [("before the kill", first, killed_at), ("kill .. +3 s", killed_at, killed_at + 3),
+              ("+3 s .. end", killed_at + 3, times[-1])]
+    for name, lo, hi in phases:
+        n = sum(1 for t in times if lo <= t < hi)
+        print(f"  {name}: {n} requests in {hi - lo:.2f} s = {n / (hi - lo):.1f}/s", file=sys.stderr)
+    tick = os.sysconf("SC_CLK_TCK")
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            print(f"  CPU {name} (pid {pid}): {(int(fields[11]) + int(fields[12])) / tick:.2f} s", file=sys.stderr)
+        except (OSError, IndexError):
+            print(f"  CPU {name} (pid {pid}): gone", file=sys.stderr)
+    print(f"  load average {os.getloadavg()}", file=sys.stderr)
+
+
 def table(rows: list[Row]) -> str:
     lines = ["| benchmark | measured | baseline / limit | ratio | goal | met |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.name} | {r.measured} | {r.baseline} | {r.ratio} | {r.goal} | {r.met} |" for r in rows]
@@ -709,6 +1002,10 @@ async def main(quick: bool, only: set[int]) -> None:
                                           2 if quick else 5)
         rows.append(row)
         notes += more
+    if wanted(11):
+        row, more = await replicas_kill_nine(workdir, 10_000 if quick else 30_000)
+        rows.append(row)
+        notes += more
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\nbench run {stamp} on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})\n")
     print(table(rows))
@@ -718,7 +1015,7 @@ async def main(quick: bool, only: set[int]) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) == 5 and sys.argv[1] == "--ingest-one":
-        print(json.dumps(asyncio.run(ingest_once(Path(sys.argv[2]), sys.argv[3], sys.argv[4] or None))))
+        print(json.dumps(asyncio.run(ingest_once(int(sys.argv[2]), sys.argv[3], sys.argv[4] or None))))
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")

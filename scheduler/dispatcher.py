@@ -31,8 +31,9 @@ from .ingest import recent_since
 from .insight import BulkQueueRequest, InsightClient, SubmitResult
 from .metrics import Metrics
 from .models import Outcome
-from .ratelimit import RateLimiter
-from .ledger import ACCOUNT_FULL, ENDED_REASON, AccountFull, AccountLimits, ClaimedChunk, ClaimTimes, outage_note
+from .ratelimit import ClockOffset, RateLimiter
+from .ledger import (ACCOUNT_FULL, ENDED_REASON, AccountFull, AccountLimits, ClaimedChunk, ClaimTimes, Slot,
+                     outage_note)
 from .outbox import DatabaseHealth, LedgerWrite, Outbox, unreachable
 from .repository import Repository, utcnow
 from .retry import NextStep, Step, during_outage, next_step, plum_said
@@ -50,6 +51,9 @@ LEASE_SLACK_SECONDS = 60
 CLAIM_LEAD_SECONDS = 0.25
 # With the account's requests all out (perhaps other daemons'), how often to look again.
 ROOM_POLL_SECONDS = 0.05
+# A request woken this late after its rate slot takes a new one (at most MAX_REBOOKS times).
+MIN_LATENESS_SECONDS = 0.002
+MAX_REBOOKS = 3
 # On a cancelled write (shutdown), how long to let it finish before leaving it to the journal.
 WRITE_GRACE_SECONDS = 2.0
 RETRY_AFTER_HOLDS = (429, 503)  # a Retry-After on these holds the whole account
@@ -91,6 +95,7 @@ class Dispatcher:
         self._stopping = False
         self._last_campaign_id = 0
         self._next_slot = 0.0  # loop time: this daemon's estimate of the account's next free slot
+        self._db_clock = ClockOffset()
         self._loop_task: asyncio.Task[Any] | None = None
 
     # -- control -----------------------------------------------------------------
@@ -178,7 +183,7 @@ class Dispatcher:
             elif not self._stopping:
                 await self._idle()
             return
-        slot = asyncio.get_running_loop().time() + claim.slot_delay_seconds
+        slot = self._local_slot(claim.slot)
         self._next_slot = slot + self.limiter.interval_seconds
         self.outbox.health.ok()
         self._last_campaign_id = claim.campaign_id
@@ -200,6 +205,14 @@ class Dispatcher:
             wait = self._next_slot - loop.time()
         if wait > CLAIM_LEAD_SECONDS:
             await asyncio.sleep(wait - CLAIM_LEAD_SECONDS)
+
+    def _local_slot(self, slot: Slot | None) -> float:
+        """A booked slot in this loop's time."""
+        now = asyncio.get_running_loop().time()
+        if slot is None:
+            return now
+        self._db_clock.observe(slot.db_now_epoch)
+        return now + max(0.0, self._db_clock.seconds_until(slot.at_epoch))
 
     async def _wait_for_room(self) -> None:
         """The account has max_concurrency requests out (maybe other daemons'): wait for one of
@@ -316,13 +329,30 @@ class Dispatcher:
         await self._record(claim, result, permit)
 
     async def _post(self, request: BulkQueueRequest, slot: float, permit: Permit) -> SubmitResult | None:
-        await self.limiter.wait_until(slot)
+        await self._leave_at(slot)
         if self._stopping or not self.breaker.still_permits(permit):
             return None
         try:
             return await self.client.bulk_queue(request)
         except InvalidRequest as exc:
             return SubmitResult(Outcome.CLIENT_BUG, None, f"request refused before sending: {exc}", None, 0.0)
+
+    async def _leave_at(self, slot: float) -> None:
+        """Wait for the slot. A request that would leave later than half the margin after its
+        slot (a busy machine woke us late) takes a new slot instead: the next daemons' requests
+        leave on time, and a late one among them could put R + 1 into one second at Plum."""
+        loop = asyncio.get_running_loop()
+        tolerance = max(self.settings.submission.rate_limit_margin_seconds / 2, MIN_LATENESS_SECONDS)
+        for _ in range(MAX_REBOOKS):
+            await self.limiter.wait_until(slot)
+            if loop.time() - slot <= tolerance or self._stopping:
+                return
+            try:
+                slot = self._local_slot(await self.repo.take_rate_slot(self.limits()))
+            except (DatabaseError, SQLAlchemyError, OSError):
+                return  # no new slot to be had: this one leaves late rather than not at all
+            self.metrics.rebooked.inc()
+        await self.limiter.wait_until(slot)
 
     async def _build_request(self, claim: ClaimedChunk) -> BulkQueueRequest:
         rows = await self.repo.chunk_contacts(claim.chunk_id)

@@ -27,7 +27,7 @@ from sqlalchemy.engine import make_url
 from .config import Settings
 from .errors import UserError
 from .insight import SubmitResult
-from .ledger import ClaimedChunk
+from .ledger import ClaimedChunk, Slot
 from .models import Outcome
 from .retry import NextStep, Step
 
@@ -77,7 +77,10 @@ def entry_to_json(entry_id: str, kind: str, claim: ClaimedChunk, now: datetime, 
 def entry_from_json(text: str) -> dict[str, Any]:
     """The entry with its objects rebuilt (ValueError/KeyError/TypeError when it is not one)."""
     data: dict[str, Any] = _decode(json.loads(text))
-    data["claim"] = ClaimedChunk(**data["claim"])
+    claim = data["claim"]
+    if isinstance(claim.get("slot"), dict):
+        claim["slot"] = Slot(**claim["slot"])
+    data["claim"] = ClaimedChunk(**claim)
     if data.get("result") is not None:
         result = data["result"]
         data["result"] = SubmitResult(**{**result, "outcome": Outcome(result["outcome"])})

@@ -73,7 +73,7 @@ class ClaimedChunk:
     worker: str = ""  # the daemon that holds the claim
     token: int = 0  # chunks.claim_token at this claim: writes under the claim check it (the fence)
     outage_tries: int = 0  # earlier attempts that failed during a Plum outage (not counted)
-    slot_delay_seconds: float = 0.0  # from the claim until the account's rate slot for it
+    slot: "Slot | None" = None  # the account's rate slot booked with the claim
 
     @property
     def counted_attempt(self) -> int:
@@ -137,17 +137,27 @@ def in_flight(conn: Connection) -> int:
                            .where(Chunk.status == ChunkStatus.SUBMITTING.value)) or 0)
 
 
-def take_slot(conn: Connection, limits: AccountLimits) -> float:
-    """The account's next send slot (GCRA with a burst of one, on the database's clock):
-    seconds from now until this request may start. Slots are spaced ``interval_seconds``
-    apart whatever daemon takes them, so a daemon joining or restarting never bursts."""
-    now = db_epoch(conn)
+@dataclass(frozen=True)
+class Slot:
+    """A booked send slot and the database's clock when it was booked (Unix seconds): the
+    daemon turns them into its own clock (ratelimit.ClockOffset), so the time the answer took
+    to come back does not make the request leave late."""
+
+    at_epoch: float
+    db_now_epoch: float
+
+
+def take_slot(conn: Connection, limits: AccountLimits) -> Slot:
+    """The account's next send slot (GCRA with a burst of one, on the database's clock).
+    Slots are spaced ``interval_seconds`` apart whatever daemon takes them, so a daemon
+    joining or restarting never bursts."""
     greatest = func.greatest if is_postgres(conn) else func.max
     statement = (update(PlumAccount).where(PlumAccount.account == limits.account)
-                 .values(rate_next_slot=greatest(func.coalesce(PlumAccount.rate_next_slot, 0.0), now)
+                 .values(rate_next_slot=greatest(func.coalesce(PlumAccount.rate_next_slot, 0.0), db_epoch(conn))
                          + limits.interval_seconds)
-                 .returning(PlumAccount.rate_next_slot - limits.interval_seconds - now))
-    return max(0.0, float(conn.execute(statement).scalar_one()))
+                 .returning(PlumAccount.rate_next_slot - limits.interval_seconds, db_epoch(conn)))
+    at, now = conn.execute(statement).one()
+    return Slot(float(at), float(now))
 
 
 def slot_wait(conn: Connection, account: str) -> float:
@@ -240,7 +250,7 @@ def claim_next(
 ) -> ClaimedChunk | AccountFull | None:
     """Take the next ready chunk, round-robin over campaigns (the caller's transaction is the lock).
     With ``limits``: ACCOUNT_FULL when the account has its maximum in flight, and the claim
-    carries its send slot (``slot_delay_seconds``)."""
+    carries its send slot (``slot``)."""
     now = times.now
     if limits is not None:
         _account_row(conn, limits.account)
@@ -275,7 +285,7 @@ def claim_next(
         reattempt_wait=row.reattempt_wait, result_url=row.result_url, contacts_header=row.contacts_header,
         window_start_at=row.window_start_at, window_end_at=row.window_end_at, worker=worker, token=token,
         outage_tries=row.outage_tries,
-        slot_delay_seconds=take_slot(conn, limits) if limits is not None else 0.0,
+        slot=take_slot(conn, limits) if limits is not None else None,
     )
 
 

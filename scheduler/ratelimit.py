@@ -98,3 +98,24 @@ class RateLimiter:
                 break
             await self._sleep(delay)
         self._sent.append(self._clock())
+
+
+class ClockOffset:
+    """The database's clock minus ours, from the times it reports (NTP's trick, one-way):
+    a sample ``db_now - our_time_after`` is the offset minus the time the answer took to
+    reach us, so the largest recent sample is the best estimate. On one host it is ~0."""
+
+    def __init__(self, window: int = 64, clock: Callable[[], float] = time.time) -> None:
+        self._samples: deque[float] = deque(maxlen=window)
+        self._clock = clock
+
+    def observe(self, db_now_epoch: float) -> None:
+        self._samples.append(db_now_epoch - self._clock())
+
+    @property
+    def seconds(self) -> float:
+        return max(self._samples) if self._samples else 0.0
+
+    def seconds_until(self, db_epoch: float) -> float:
+        """From now (our clock) until that moment of the database's clock."""
+        return db_epoch - self.seconds - self._clock()

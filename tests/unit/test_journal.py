@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from scheduler.insight import SubmitResult
 from scheduler.journal import Journal, entry_to_json, journal_path, leftovers, pending_entries
 from scheduler.config import Settings
-from scheduler.ledger import ClaimedChunk
+from scheduler.ledger import ClaimedChunk, Slot
 from scheduler.models import Outcome
 from scheduler.retry import NextStep, Step
 
@@ -15,7 +15,7 @@ NOW = datetime(2026, 12, 3, 14, 0, tzinfo=timezone.utc)
 CLAIM = ClaimedChunk(chunk_id=7, campaign_id=2, seq=3, attempt=1, contact_count=10, submission_id=9,
                      survey_id="77", instance_id="3", start_at=NOW, end_at=NOW, max_attempts=1, reattempt_wait=None,
                      result_url=None, contacts_header=None, window_start_at=NOW, worker="w", token=4,
-                     outage_tries=1)
+                     outage_tries=1, slot=Slot(1796000000.5, 1796000000.25))
 RESULT = SubmitResult(Outcome.ACCEPTED, 200, None, '{"success": true}', 0.12)
 
 

@@ -105,3 +105,19 @@ async def test_late_wake_ups_never_put_more_than_rate_in_a_window_and_the_schedu
     assert max_in_window(sent, 1.0) <= 10
     achieved = (len(sent) - 1) / (sent[-1] - sent[0])
     assert achieved > 10 / 1.01 * 0.97  # lateness is not paid for with throughput
+
+
+def test_clock_offset_takes_the_sample_with_the_shortest_return_delay():
+    from scheduler.ratelimit import ClockOffset
+
+    now = [1000.0]
+    offset = ClockOffset(window=3, clock=lambda: now[0])
+    assert offset.seconds == 0.0
+    # the database is 2.0 s ahead; answers reach us 0.030, 0.002 and 0.010 s after it read its clock
+    for delay in (0.030, 0.002, 0.010):
+        offset.observe(now[0] - delay + 2.0)
+    assert abs(offset.seconds - (2.0 - 0.002)) < 1e-9
+    assert abs(offset.seconds_until(now[0] + 2.5) - 0.502) < 1e-9
+    for delay in (0.5, 0.5, 0.5):  # the old best sample falls out of the window
+        offset.observe(now[0] - delay + 2.0)
+    assert abs(offset.seconds - 1.5) < 1e-9
