@@ -6,12 +6,15 @@ taken over within 3 poll intervals. Every daemon gets the same config (default i
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
+import sys
 import time
 
 import pytest
 
-from tests.conftest import _truncate_pg, repository_at
+from tests.conftest import REPO_ROOT, _truncate_pg, repository_at
 from tests.e2e.test_daemon_process import start_daemon, write_config
 from tests.support.harness import campaign, e164, rows, scalar, simulator, valid_numbers, wait_for, write_contacts
 
@@ -29,6 +32,15 @@ async def stop_all(procs):
         if proc.returncode is None:
             proc.terminate()
     await asyncio.gather(*(p.wait() for p in procs))
+
+
+async def workers_json(config) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scheduler", "--config", str(config), "workers", "--json",
+        stdout=asyncio.subprocess.PIPE, env={"PYTHONPATH": str(REPO_ROOT), "PATH": os.environ["PATH"]})
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    return out.decode()
 
 
 def account_wide(stats):
@@ -66,11 +78,17 @@ async def test_three_daemons_share_the_limits_and_one_killed_is_taken_over(pg_re
             procs[0].send_signal(signal.SIGKILL)
             killed_at = time.monotonic()
             await procs[0].wait()
+            await asyncio.sleep(1.5)  # 3 poll intervals (0.2 s) and then some
+            listed = json.loads((await workers_json(tmp_path / "d1.yaml")))
             done = await wait_for(repo, row.id, FINAL, timeout=60)
             finished_after_kill = time.monotonic() - killed_at
         finally:
             await stop_all(procs)
         stats = sim.stats()
+    states = {w["pid"]: w["state"] for w in listed}
+    assert states == {procs[0].pid: "dead", procs[1].pid: "alive", procs[2].pid: "alive"}, listed
+    assert all(w["host"] and w["version"] and w["started_at"] and w["last_tick_at"] for w in listed)
+    assert sum(w["requests_last_minute"] for w in listed) >= 40
     per_second, in_flight = account_wide(stats)
     assert per_second <= RATE, stats
     assert in_flight <= IN_FLIGHT, stats
