@@ -144,3 +144,37 @@ async def test_a_daemon_restarted_at_once_after_kill_9_adds_no_burst(pg_repo, pg
     assert done.status in ("completed", "completed_with_errors")
     assert account_wide(stats)[0] <= RATE and account_wide(stats)[1] <= IN_FLIGHT, stats
     assert await accounted(repo, numbers, sim) <= IN_FLIGHT
+
+
+async def test_a_daemon_killed_while_ingesting_is_taken_over_within_three_polls(pg_repo, pg_url, tmp_path):
+    repo = pg_repo
+    numbers = valid_numbers(60_000, seed=6)
+    contacts = write_contacts(tmp_path / "c.csv", numbers)
+    async with simulator() as sim:
+        row = await repo.create_campaign(campaign(contacts))
+        procs = [await start_daemon(write_config(tmp_path / f"i{i}.yaml", pg_url, sim.base_url, None, chunk_size=500,
+                                                 rate_limit_per_second=50), tmp_path / f"i{i}.log")
+                 for i in range(2)]
+        try:
+            while not await scalar(repo, "SELECT count(*) FROM contacts"):  # someone is ingesting
+                await asyncio.sleep(0.01)
+            [(owner,)] = await rows(repo, "SELECT lease_owner FROM campaigns")
+            [(pid,)] = await rows(repo, "SELECT pid FROM workers WHERE worker_id = :w", w=owner)
+            ingester = next(p for p in procs if p.pid == pid)
+            ingester.send_signal(signal.SIGKILL)
+            killed_at = time.monotonic()
+            await ingester.wait()
+            while True:  # the other daemon takes the campaign over
+                [(now_owner,)] = await rows(repo, "SELECT lease_owner FROM campaigns")
+                if now_owner not in (None, owner):
+                    break
+                await asyncio.sleep(0.01)
+            taken_over_after = time.monotonic() - killed_at
+            done = await wait_for(repo, row.id, FINAL, timeout=90)
+        finally:
+            await stop_all(procs)
+    assert done.status == "completed", done.last_error
+    assert taken_over_after <= 3 * 0.2 + 1.0  # 3 poll intervals, plus one tick's work
+    assert await scalar(repo, "SELECT count(*) FROM contacts") == 60_000  # restarted cleanly, nothing twice
+    assert sim.stats()["numbers_queued_more_than_once"] == 0
+    assert set(sim.queued_numbers) == {e164(n) for n in numbers}
