@@ -115,6 +115,8 @@ class Outbox:
         self._empty = asyncio.Event()
         self._empty.set()
         self._journaled: set[str] = set()
+        self._attempts: dict[str, LedgerWrite] = {}  # writes not finished yet
+        self._closed = False
 
     @property
     def waiting(self) -> int:
@@ -128,6 +130,8 @@ class Outbox:
         """The step the ledger applied. Returns once the database has it; a cancellation
         before that leaves it in the journal, so it is written at the next start."""
         attempt = asyncio.ensure_future(self._direct(item) if not self._queue else self._enqueue(item))
+        self._attempts[item.id] = item
+        attempt.add_done_callback(lambda _: self._attempts.pop(item.id, None))
         try:
             done, _ = await asyncio.wait({attempt}, timeout=JOURNAL_AFTER_SECONDS)
             if not done:
@@ -186,11 +190,18 @@ class Outbox:
         self._empty.set()
 
     def _journal(self, item: LedgerWrite) -> None:
+        if self._closed:
+            if item.id not in self._journaled:
+                log.error("campaign %s chunk %s: an answer from Plum could be neither written nor journaled (the "
+                          "daemon had stopped): %s", item.claim.campaign_id, item.claim.chunk_id, item.to_json())
+            return
         if self.journal is not None and item.id not in self._journaled:
             self.journal.append(item.id, item.to_json())
             self._journaled.add(item.id)
 
     def _done(self, item: LedgerWrite) -> None:
+        if self._closed:
+            return  # the journal keeps it; applying it again at the next start changes nothing
         if self.journal is not None and item.id in self._journaled:
             self._journaled.discard(item.id)
             self.journal.mark_done(item.id)
@@ -204,6 +215,9 @@ class Outbox:
             self._journal(item)
             if not future.done():
                 future.cancel()
+        for item in list(self._attempts.values()):  # still being written: the journal keeps them too
+            self._journal(item)
+        self._closed = True
         self._queue.clear()
         self._empty.set()
         if self.journal is not None:

@@ -40,12 +40,16 @@ async def admin_sql(db_url: str, *statements: str, time_zone: str | None = None)
     """Run statements as an admin would in sqlite3 or psql (autocommit); the last one's rows."""
     url = make_url(db_url)
     if url.get_backend_name() == "sqlite":
-        conn = sqlite3.connect(url.database, isolation_level=None)
-        try:
-            result = [conn.execute(sql).fetchall() for sql in statements]
-        finally:
-            conn.close()
-        return result[-1]
+        def in_sqlite3() -> list:
+            conn = sqlite3.connect(url.database, isolation_level=None)
+            try:
+                return [conn.execute(sql).fetchall() for sql in statements]
+            finally:
+                conn.close()
+
+        # In a thread: an admin's sqlite3 is another process; run in this event loop, its busy
+        # wait would stall the daemon under test, which then could not finish its transaction.
+        return (await asyncio.to_thread(in_sqlite3))[-1]
     conn = await asyncpg.connect(host=url.host, port=url.port, user=url.username, database=url.database)
     try:
         if time_zone:
