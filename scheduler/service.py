@@ -42,6 +42,8 @@ log = logging.getLogger("scheduler.service")
 
 MISFIRE_GRACE_SECONDS = 3600
 GIL_SWITCH_INTERVAL_SECONDS = 0.001
+# /readyz answers within this even when the database hangs (a partition rather than a refusal).
+READINESS_DB_TIMEOUT_SECONDS = 5.0
 
 
 class Daemon:
@@ -366,7 +368,9 @@ class Daemon:
             problems.append("scheduler not running")
         try:
             assert self.repo is not None
-            await self.repo.last_tick(self.worker)
+            await asyncio.wait_for(self.repo.last_tick(self.worker), READINESS_DB_TIMEOUT_SECONDS)
+        except asyncio.TimeoutError:
+            problems.append(f"database unreachable: no answer within {READINESS_DB_TIMEOUT_SECONDS:g} s")
         except (DatabaseError, SQLAlchemyError, OSError) as exc:
             problems.append(f"database unreachable: {exc}")
         if not tick_is_recent(self.last_tick_at, self.clock(), self.settings.scheduler.poll_interval_seconds):
