@@ -1,7 +1,10 @@
 """Benchmarks: measures us against the limits, all traffic on loopback.
 
-    python bench/run.py            # every row (about 7 minutes on 2 cores; rows 9 and 10 together
-                                   # take about 2 1/4: a 90 s Plum outage, a 10 s PostgreSQL one)
+    python bench/run.py            # every row (about 7 1/2 minutes on 2 cores; rows 9 and 10 together
+                                   # take about 2 1/4: a 90 s Plum outage, a 10 s PostgreSQL one;
+                                   # rows 3 and 11 use the server at INSIGHT_BENCH_PG_URL, row 10 a
+                                   # throw-away cluster of its own)
+    BENCH_DEBUG=1 python bench/run.py --only 11   # + where each request's in-flight place went (stderr)
     python bench/run.py --quick    # smaller sizes, for a smoke run
     python bench/run.py --only 1,2 # some rows
 
@@ -717,8 +720,18 @@ async def postgres_outage(workdir: Path, size: int, outage: float, stop_after: f
 # -- 11. three daemon processes on one PostgreSQL database share one Plum account; one killed -9 ------
 
 
-def replica_config(home: Path, db_url: str, base_url: str, rate: float, in_flight: int, chunk: int) -> Path:
-    """The same settings for every daemon: default worker id (none given), its own journal."""
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def replica_config(home: Path, db_url: str, base_url: str, rate: float, in_flight: int, chunk: int,
+                   listen: str | None = None) -> Path:
+    """The same settings for every daemon: default worker id (none given), its own journal.
+    `listen` (BENCH_DEBUG only): its HTTP server, for /metrics."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "config.yaml"
     config.write_text("\n".join([
@@ -728,7 +741,8 @@ def replica_config(home: Path, db_url: str, base_url: str, rate: float, in_fligh
         f"  rate_limit_per_second: {rate:g}",
         "scheduler:", "  poll_interval_seconds: 0.5", "  shutdown_grace_seconds: 5",
         f"  journal_path: '{home / 'insight-scheduler.journal'}'",
-        "logging:", "  level: WARNING", ""]))
+        "logging:", "  level: WARNING",
+        *(["callbacks:", f"  listen: '{listen}'"] if listen else []), ""]))
     return config
 
 
@@ -760,11 +774,12 @@ async def stop_processes(procs: list[subprocess.Popen], grace: float = 15) -> No
 
 
 async def replicas_kill_nine(workdir: Path, size: int = 30_000, daemons: int = 3, rate: float = 30,
-                             in_flight: int = 4, chunk: int = 100, kill_after: float = 5.0,
+                             in_flight: int = 4, chunk: int = 100, kill_after: float | None = 5.0,
                              workers_after: float = 3.0, timeout: float = 180) -> tuple[Row, list[str]]:
     """`daemons` daemon processes, the same config, one PostgreSQL database, one Plum account; the
     campaign created as `campaign create --contacts` does (file stored); one daemon killed -9
-    `kill_after` s after the first request, `insight-scheduler workers` run `workers_after` s later."""
+    `kill_after` s after the first request (None: no kill, a control run; the times are then from
+    5 s in), `insight-scheduler workers` run `workers_after` s later."""
     import signal
 
     from sqlalchemy import text
@@ -781,8 +796,9 @@ async def replicas_kill_nine(workdir: Path, size: int = 30_000, daemons: int = 3
             now = utcnow()
             row = await repo.create_campaign(NewCampaign("replicas", "1", "1", str(path), now,
                                                          now + timedelta(hours=1)), stored_files.pack(path))
-            configs = [replica_config(base / f"d{i + 1}", url, sim.base_url, rate, in_flight, chunk)
-                       for i in range(daemons)]
+            ports = [free_port() if os.environ.get("BENCH_DEBUG") else None for _ in range(daemons)]
+            configs = [replica_config(base / f"d{i + 1}", url, sim.base_url, rate, in_flight, chunk,
+                                      port and f"127.0.0.1:{port}") for i, port in enumerate(ports)]
             procs = [start_replica(config) for config in configs]
             started = time.monotonic()
             first = None
@@ -791,10 +807,11 @@ async def replicas_kill_nine(workdir: Path, size: int = 30_000, daemons: int = 3
                 if time.monotonic() - started > timeout or any(p.poll() is not None for p in procs):
                     raise RuntimeError("the replicas did not start sending; see their daemon.log in " + str(base))
                 await asyncio.sleep(0.02)
-            await asyncio.sleep(max(0.0, first + kill_after - time.time()))
-            victim = procs[0]
-            victim.send_signal(signal.SIGKILL)
-            victim.wait()
+            await asyncio.sleep(max(0.0, first + (5.0 if kill_after is None else kill_after) - time.time()))
+            victim = procs[0] if kill_after is not None else None
+            if victim is not None:
+                victim.send_signal(signal.SIGKILL)
+                victim.wait()
             killed_at = time.time()
             workers_output: list[str] = []
             done = None
@@ -802,8 +819,8 @@ async def replicas_kill_nine(workdir: Path, size: int = 30_000, daemons: int = 3
             async def run_workers() -> None:
                 await asyncio.sleep(workers_after)
                 out = await asyncio.to_thread(
-                    subprocess.run, [sys.executable, "-m", "scheduler", "--config", str(configs[1]), "workers"],
-                    env=daemon_env(), cwd=configs[1].parent, capture_output=True, text=True, timeout=60)
+                    subprocess.run, [sys.executable, "-m", "scheduler", "--config", str(configs[-1]), "workers"],
+                    env=daemon_env(), cwd=configs[-1].parent, capture_output=True, text=True, timeout=60)
                 workers_output.extend((out.stdout + out.stderr).rstrip().splitlines())
                 workers_output.insert(0, f"(exit {out.returncode}, run at t=+{time.time() - killed_at:.2f} s "
                                          f"after the kill; campaign "
@@ -829,12 +846,12 @@ async def replicas_kill_nine(workdir: Path, size: int = 30_000, daemons: int = 3
                     "SELECT count(*) FROM chunks WHERE campaign_id = :id AND status = 'unknown'"), {"id": row.id}))
                 unknown = int(await conn.scalar(text(
                     "SELECT count(*) FROM contacts WHERE campaign_id = :id AND status = 'unknown'"), {"id": row.id}))
-                victim_id = await conn.scalar(text("SELECT worker_id FROM workers WHERE pid = :pid"),
-                                              {"pid": victim.pid})
+                victim_id = victim and await conn.scalar(text("SELECT worker_id FROM workers WHERE pid = :pid"),
+                                                         {"pid": victim.pid})
                 if os.environ.get("BENCH_DEBUG"):
                     await replicas_debug(conn, row.id, requests, first, killed_at, in_flight,
                                          {**{f"d{i + 1}": proc.pid for i, proc in enumerate(procs)},
-                                          "simulator": sim.proc.pid})
+                                          "simulator": sim.proc.pid}, ports)
         await stop_processes(procs)
     finally:
         await stop_processes(procs)
@@ -854,7 +871,8 @@ async def replicas_kill_nine(workdir: Path, size: int = 30_000, daemons: int = 3
     times = sorted(r["started"] for r in requests)
     gaps = sorted(((times[i] - times[i - 1], times[i - 1]) for i in range(1, len(times))), reverse=True)[:3]
     logs = {c.parent.name: (c.parent / "daemon.log").read_text(errors="replace").splitlines() for c in configs}
-    notes = [f"row 11: `insight-scheduler workers` during the run (killed: {victim_id}, pid {victim.pid}):"]
+    notes = [f"row 11: `insight-scheduler workers` during the run (killed: "
+             f"{f'{victim_id}, pid {victim.pid}' if victim else 'none'}):"]
     notes += ["  " + line for line in workers_output] or ["  (no output)"]
     notes.append(f"row 11: requests per daemon {sent}; longest pauses between requests at the simulator: " + ", ".join(
         f"{g:.2f} s at t={t - killed_at:+.2f} s from the kill" for g, t in gaps))
@@ -863,7 +881,8 @@ async def replicas_kill_nine(workdir: Path, size: int = 30_000, daemons: int = 3
     for name, lines in logs.items():
         notes += [f"  {name}: {line}" for line in lines[:5]]
     return Row(f"11. {daemons} daemon processes, one PostgreSQL database, {size:,} contacts (stored file), chunk "
-               f"{chunk}, {rate:g}/s, {in_flight} in flight, 0.1 s latency, one killed -9 {kill_after:g} s in",
+               f"{chunk}, {rate:g}/s, {in_flight} in flight, 0.1 s latency, "
+               + ("no kill" if kill_after is None else f"one killed -9 {kill_after:g} s in"),
                f"max {per_second} in any 1 s; max {most_in_flight} in flight; {achieved:.2f}/s while sending "
                f"({stats['requests']} requests); {twice} numbers queued twice; {unknown_chunks} unknown chunks "
                f"({done.contacts_queued:,} queued + {unknown} unknown = {accounted:,} of {done.contacts_valid:,} "
@@ -875,7 +894,7 @@ async def replicas_kill_nine(workdir: Path, size: int = 30_000, daemons: int = 3
 
 
 async def replicas_debug(conn, campaign_id: int, requests: list[dict], first: float, killed_at: float,
-                         in_flight: int, pids: dict[str, int]) -> None:
+                         in_flight: int, pids: dict[str, int], ports: list[int | None]) -> None:
     """BENCH_DEBUG: where each request's in-flight slot went (claim -> send -> answer -> recorded)."""
     from sqlalchemy import text
 
@@ -960,7 +979,38 @@ async def replicas_debug(conn, campaign_id: int, requests: list[dict], first: fl
             print(f"  CPU {name} (pid {pid}): {(int(fields[11]) + int(fields[12])) / tick:.2f} s", file=sys.stderr)
         except (OSError, IndexError):
             print(f"  CPU {name} (pid {pid}): gone", file=sys.stderr)
+    name = conn.engine.url.database
+    backends = 0.0
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and f" {name} ".encode() in (proc / "cmdline").read_bytes():
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+                backends += (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            pass
+    commits = (await conn.execute(text("SELECT xact_commit, xact_rollback FROM pg_stat_database "
+                                       "WHERE datname = :name"), {"name": name})).first()
+    print(f"  CPU PostgreSQL backends of {name} (live ones): {backends:.2f} s; transactions {tuple(commits)}",
+          file=sys.stderr)
+    interval = 1.01 / 30
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    spaced = sum(1 for g in gaps if interval - 0.003 <= g <= interval + 0.006)
+    print(f"  inter-arrival: {sum(1 for g in gaps if g < interval - 0.003)} shorter than the interval "
+          f"({interval * 1000:.1f} ms), {spaced} within -3/+6 ms of it (rate-spaced), "
+          f"{sum(1 for g in gaps if g > interval + 0.006)} longer; mean {sum(gaps) / len(gaps) * 1000:.1f} ms",
+          file=sys.stderr)
     print(f"  load average {os.getloadavg()}", file=sys.stderr)
+    async with aiohttp.ClientSession() as session:
+        for i, port in enumerate(ports):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                    page = await response.text()
+            except aiohttp.ClientError:
+                print(f"  d{i + 1} /metrics: gone", file=sys.stderr)
+                continue
+            wanted = [line for line in page.splitlines() if line.startswith(
+                ("insight_rate_slots_rebooked_total", "insight_submissions_total"))]
+            print(f"  d{i + 1} /metrics: " + "; ".join(wanted), file=sys.stderr)
 
 
 def table(rows: list[Row]) -> str:
@@ -1003,7 +1053,8 @@ async def main(quick: bool, only: set[int]) -> None:
         rows.append(row)
         notes += more
     if wanted(11):
-        row, more = await replicas_kill_nine(workdir, 10_000 if quick else 30_000)
+        row, more = await (replicas_kill_nine(workdir, 10_000, kill_after=2.0, workers_after=1.0) if quick
+                           else replicas_kill_nine(workdir, 30_000))
         rows.append(row)
         notes += more
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
