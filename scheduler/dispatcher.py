@@ -32,8 +32,8 @@ from .insight import BulkQueueRequest, InsightClient, SubmitResult
 from .metrics import Metrics
 from .models import Outcome
 from .ratelimit import ClockOffset, RateLimiter
-from .ledger import (ACCOUNT_FULL, ENDED_REASON, AccountFull, AccountLimits, ClaimedChunk, ClaimTimes, Slot,
-                     outage_note)
+from .ledger import (ACCOUNT_FULL, ENDED_REASON, SLOT_BUILD_SECONDS, AccountFull, AccountLimits, ClaimedChunk,
+                     ClaimTimes, Slot, outage_note)
 from .outbox import DatabaseHealth, LedgerWrite, Outbox, unreachable
 from .repository import Repository, utcnow
 from .retry import NextStep, Step, during_outage, next_step, plum_said
@@ -49,11 +49,9 @@ LEASE_SLACK_SECONDS = 60
 # between almost never leaves a never-sent chunk `unknown` (at 0.05/s a whole
 # interval would be 20 s).
 CLAIM_LEAD_SECONDS = 0.25
+CLAIM_TIME_SMOOTHING = 0.2
 # With the account's requests all out (perhaps other daemons'), how often to look again.
 ROOM_POLL_SECONDS = 0.05
-# A request woken this late after its rate slot takes a new one (at most MAX_REBOOKS times).
-MIN_LATENESS_SECONDS = 0.002
-MAX_REBOOKS = 3
 # On a cancelled write (shutdown), how long to let it finish before leaving it to the journal.
 WRITE_GRACE_SECONDS = 2.0
 RETRY_AFTER_HOLDS = (429, 503)  # a Retry-After on these holds the whole account
@@ -96,6 +94,7 @@ class Dispatcher:
         self._last_campaign_id = 0
         self._next_slot = 0.0  # loop time: this daemon's estimate of the account's next free slot
         self._db_clock = ClockOffset()
+        self._claim_seconds = 0.01  # smoothed duration of a claim transaction
         self._loop_task: asyncio.Task[Any] | None = None
 
     # -- control -----------------------------------------------------------------
@@ -199,12 +198,21 @@ class Dispatcher:
         asked (another daemon, or this one's earlier life, may have booked ahead); at high rates
         this daemon's own last slot says it, and a claim waits at most a few intervals."""
         loop = asyncio.get_running_loop()
+        # A claim holds one of the account's places in flight until its answer is written, so
+        # claim just in time: as long before the slot as a claim takes (twice, for safety), plus
+        # the time to build the request. Earlier wastes a place; later, and the database books
+        # a later slot (never one that has passed), which costs throughput.
+        lead = min(CLAIM_LEAD_SECONDS, 2 * self._claim_seconds + SLOT_BUILD_SECONDS + 0.005)
         if self.limiter.interval_seconds > CLAIM_LEAD_SECONDS:
             wait = await self.repo.rate_wait(self.account)
         else:
             wait = self._next_slot - loop.time()
-        if wait > CLAIM_LEAD_SECONDS:
-            await asyncio.sleep(wait - CLAIM_LEAD_SECONDS)
+        if wait > lead:
+            await asyncio.sleep(wait - lead)
+
+    def _time_claim(self, seconds: float) -> None:
+        """How long a claim takes, smoothed (it decides how early to claim)."""
+        self._claim_seconds += CLAIM_TIME_SMOOTHING * (min(seconds, CLAIM_LEAD_SECONDS) - self._claim_seconds)
 
     def _local_slot(self, slot: Slot | None) -> float:
         """A booked slot in this loop's time."""
@@ -234,6 +242,8 @@ class Dispatcher:
                            opens_by=now + timedelta(seconds=self.settings.scheduler.lead_seconds))
         task = asyncio.ensure_future(self.repo.claim_next_chunk(
             self.worker, times, self._last_campaign_id, recent_since(self.settings, now), self.limits()))
+        started = asyncio.get_running_loop().time()
+        task.add_done_callback(lambda _: self._time_claim(asyncio.get_running_loop().time() - started))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -329,30 +339,13 @@ class Dispatcher:
         await self._record(claim, result, permit)
 
     async def _post(self, request: BulkQueueRequest, slot: float, permit: Permit) -> SubmitResult | None:
-        await self._leave_at(slot)
+        await self.limiter.wait_until(slot)
         if self._stopping or not self.breaker.still_permits(permit):
             return None
         try:
             return await self.client.bulk_queue(request)
         except InvalidRequest as exc:
             return SubmitResult(Outcome.CLIENT_BUG, None, f"request refused before sending: {exc}", None, 0.0)
-
-    async def _leave_at(self, slot: float) -> None:
-        """Wait for the slot. A request that would leave later than half the margin after its
-        slot (a busy machine woke us late) takes a new slot instead: the next daemons' requests
-        leave on time, and a late one among them could put R + 1 into one second at Plum."""
-        loop = asyncio.get_running_loop()
-        tolerance = max(self.settings.submission.rate_limit_margin_seconds / 2, MIN_LATENESS_SECONDS)
-        for _ in range(MAX_REBOOKS):
-            await self.limiter.wait_until(slot)
-            if loop.time() - slot <= tolerance or self._stopping:
-                return
-            try:
-                slot = self._local_slot(await self.repo.take_rate_slot(self.limits()))
-            except (DatabaseError, SQLAlchemyError, OSError):
-                return  # no new slot to be had: this one leaves late rather than not at all
-            self.metrics.rebooked.inc()
-        await self.limiter.wait_until(slot)
 
     async def _build_request(self, claim: ClaimedChunk) -> BulkQueueRequest:
         rows = await self.repo.chunk_contacts(claim.chunk_id)

@@ -137,6 +137,9 @@ def in_flight(conn: Connection) -> int:
                            .where(Chunk.status == ChunkStatus.SUBMITTING.value)) or 0)
 
 
+SLOT_BUILD_SECONDS = 0.015
+
+
 @dataclass(frozen=True)
 class Slot:
     """A booked send slot and the database's clock when it was booked (Unix seconds): the
@@ -152,8 +155,11 @@ def take_slot(conn: Connection, limits: AccountLimits) -> Slot:
     Slots are spaced ``interval_seconds`` apart whatever daemon takes them, so a daemon
     joining or restarting never bursts."""
     greatest = func.greatest if is_postgres(conn) else func.max
+    # A slot free now is booked a moment ahead: building the request takes a few ms, and a
+    # request leaving late next to an on-time one is how R + 1 land in one second.
+    earliest = db_epoch(conn) + SLOT_BUILD_SECONDS
     statement = (update(PlumAccount).where(PlumAccount.account == limits.account)
-                 .values(rate_next_slot=greatest(func.coalesce(PlumAccount.rate_next_slot, 0.0), db_epoch(conn))
+                 .values(rate_next_slot=greatest(func.coalesce(PlumAccount.rate_next_slot, 0.0), earliest)
                          + limits.interval_seconds)
                  .returning(PlumAccount.rate_next_slot - limits.interval_seconds, db_epoch(conn)))
     at, now = conn.execute(statement).one()

@@ -32,8 +32,6 @@ class Metrics:
                                registry=r)
         self.unwritten = Gauge("insight_answers_unwritten", "answers from Plum waiting for the database "
                                "(kept in order and in the journal)", registry=r)
-        self.rebooked = Counter("insight_rate_slots_rebooked_total", "requests woken too late for their rate "
-                                "slot that took a new one (a busy machine)", registry=r)
         self.last_tick = Gauge("insight_last_tick_timestamp_seconds", "Unix time of the last tick", registry=r)
 
     def set_counts(self, gauge: Gauge, counts: dict[str, int]) -> None:

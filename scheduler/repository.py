@@ -667,10 +667,6 @@ class DaemonQueries(_Store):
         """
         return await self._ledger(ledger.claim_next, worker, times, after_campaign_id, recent_since, limits)
 
-    async def take_rate_slot(self, limits: ledger.AccountLimits) -> ledger.Slot:
-        """Book the account's next send slot on its own."""
-        return await self._ledger(ledger.take_slot, limits)
-
     async def rate_wait(self, account: str) -> float:
         """Seconds until the account's next free send slot (any daemon may take it first)."""
         return await self._ledger(ledger.slot_wait, account, read_only=True)
