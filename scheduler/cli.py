@@ -678,8 +678,8 @@ async def cmd_workers(args: argparse.Namespace, settings: Settings) -> int:
     from .identity import state_of
     from .repository import utcnow
 
-    if args.hours <= 0:
-        raise UserError(f"--hours: must be > 0 (got {args.hours:g})")
+    if not 0 < args.hours <= 24 * 3660:  # NaN fails too
+        raise UserError(f"--hours: must be > 0 and at most 87840 (ten years) (got {args.hours:g})")
     now = utcnow()
     async with _repository(settings) as repo:
         found = await repo.worker_activity(now - timedelta(hours=args.hours), now - timedelta(minutes=1))

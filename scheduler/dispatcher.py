@@ -324,13 +324,18 @@ class Dispatcher:
             self.breaker.give_back(permit)
             await self._release(claim, expired_at=None if claim.window_end_at else now)
             return
+        sent: list[bool] = []
         try:
-            result = await self._post(request, slot, permit)
+            result = await self._post(request, slot, permit, sent)
             if result is None:  # stopping, or Plum went down before the slot: nothing was sent
                 self.breaker.give_back(permit)
                 await self._release(claim)
                 return
         except asyncio.CancelledError:
+            if not sent:  # stopped while waiting for its slot: nothing left, give it back
+                self.breaker.give_back(permit)
+                await self._release(claim)
+                raise
             elapsed = asyncio.get_running_loop().time() - started
             result = SubmitResult(Outcome.UNKNOWN, None, "outcome unknown: the daemon stopped while waiting "
                                   "for Plum's answer", None, elapsed)
@@ -338,10 +343,12 @@ class Dispatcher:
             raise
         await self._record(claim, result, permit)
 
-    async def _post(self, request: BulkQueueRequest, slot: float, permit: Permit) -> SubmitResult | None:
+    async def _post(self, request: BulkQueueRequest, slot: float, permit: Permit,
+                    sent: list[bool]) -> SubmitResult | None:
         await self.limiter.wait_until(slot)
         if self._stopping or not self.breaker.still_permits(permit):
             return None
+        sent.append(True)  # from here the request may reach Plum: a cancellation means unknown
         try:
             return await self.client.bulk_queue(request)
         except InvalidRequest as exc:
@@ -406,6 +413,7 @@ class Dispatcher:
         if retry_after is not None and result.status_code in RETRY_AFTER_HOLDS:
             self.breaker.hold(min(retry_after, self.settings.submission.retry.max_retry_after_seconds),
                               time.monotonic(), self.clock())
+            self.breaker_dirty = True
         if change is not None:
             self._breaker_moved(change)
         self._breaker_changed.set()

@@ -397,8 +397,24 @@ def record(conn: Connection, claim: ClaimedChunk, worker: str, result: Any, plan
     if plan.step in (Step.SPLIT, Step.REJECTED):
         plan = _unless_everything_is_refused(conn, claim.campaign_id, plan, rejection_limit)
     apply_step(conn, claim, plan, now)
+    _reopen_if_finished(conn, claim.campaign_id, plan, now)
     refresh_if_settled(conn, claim.campaign_id, now)
+    if plan.step is Step.SUCCEEDED:
+        _complete_if_clean(conn, claim.campaign_id, now)
     return plan
+
+
+def _reopen_if_finished(conn: Connection, campaign_id: int, plan: NextStep, now: datetime) -> None:
+    """A late answer (written after a database outage, or from a journal) that gives its chunk
+    another try belongs to a campaign the daemon may have finished meanwhile as
+    completed_with_errors (that chunk counted as unknown): it runs again, so the retry is sent
+    rather than cancelled."""
+    if plan.step not in (Step.RETRY, Step.SPLIT):
+        return
+    conn.execute(update(Campaign).where(Campaign.id == campaign_id,
+                                        Campaign.status == CampaignStatus.COMPLETED_WITH_ERRORS.value)
+                 .values(status=CampaignStatus.RUNNING.value, status_seen=CampaignStatus.RUNNING.value,
+                         finished_at=None, updated_at=now))
 
 
 def _unless_everything_is_refused(conn: Connection, campaign_id: int, plan: NextStep, limit: int) -> NextStep:

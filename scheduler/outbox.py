@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -38,11 +39,20 @@ JOURNAL_AFTER_SECONDS = 1.0
 FIRST_BACKOFF_SECONDS = 0.1
 
 
+# PostgreSQL's "try again": deadlock detected, serialization failure, lock not available.
+TRANSIENT_SQLSTATES = {"40P01", "40001", "55P03"}
+
+
 def unreachable(exc: BaseException) -> bool:
-    """The database did not answer (down, restarting, locked beyond the busy timeout)."""
+    """The database did not answer (down, restarting, locked beyond the busy timeout), or asked
+    for the transaction to be tried again (a deadlock): either way the write waits and retries."""
     if isinstance(exc, (DatabaseError, OSError, OperationalError, InterfaceError)):
         return True
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return exc.connection_invalidated or code in TRANSIENT_SQLSTATES
 
 
 class DatabaseHealth:
@@ -80,11 +90,13 @@ class LedgerWrite:
     rejection_limit: int = 0
     expired_at: datetime | None = None
     reason: str = ledger.ENDED_REASON  # of an expiry
+    database: str = ""  # which database it belongs to (its URL without the password)
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_json(self) -> str:
         return journal_file.entry_to_json(self.id, self.kind, self.claim, self.now, self.result, self.plan,
-                                          worker=self.worker, rejection_limit=self.rejection_limit,
+                                          worker=self.worker, database=self.database,
+                                          rejection_limit=self.rejection_limit,
                                           expired_at=self.expired_at, reason=self.reason)
 
     @classmethod
@@ -105,8 +117,9 @@ class LedgerWrite:
 
 class Outbox:
     def __init__(self, repo: Repository, journal: Journal | None, health: DatabaseHealth,
-                 max_backoff_seconds: float = 2.0) -> None:
+                 max_backoff_seconds: float = 2.0, database: str = "") -> None:
         self.repo = repo
+        self.database = database
         self.journal = journal
         self.health = health
         self.max_backoff_seconds = max_backoff_seconds
@@ -155,6 +168,8 @@ class Outbox:
 
     async def _enqueue(self, item: LedgerWrite) -> NextStep | None:
         self._journal(item)
+        if self._closed:  # the daemon stopped: the journal has it for the next start
+            return None
         future: asyncio.Future[NextStep | None] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         self._empty.clear()
@@ -174,10 +189,10 @@ class Outbox:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.max_backoff_seconds)
                     continue
-                log.exception("campaign %s chunk %s: this answer could not be written", item.claim.campaign_id,
-                              item.claim.chunk_id)
+                log.exception("campaign %s chunk %s: this answer could not be written; it stays in the journal "
+                              "%s and is tried again at the next start", item.claim.campaign_id,
+                              item.claim.chunk_id, self.journal.path if self.journal else "-")
                 self._queue.popleft()
-                self._done(item)
                 if not future.done():
                     future.set_exception(exc)
                 continue
@@ -196,6 +211,7 @@ class Outbox:
                           "daemon had stopped): %s", item.claim.campaign_id, item.claim.chunk_id, item.to_json())
             return
         if self.journal is not None and item.id not in self._journaled:
+            item.database = self.database
             self.journal.append(item.id, item.to_json())
             self._journaled.add(item.id)
 
@@ -225,7 +241,7 @@ class Outbox:
         return left
 
 
-async def replay(repo: Repository, base: Path) -> int:
+async def replay(repo: Repository, base: Path, database: str) -> int:
     """At start, before any claim: apply the journals left by daemons that stopped with answers
     unwritten (this one's last life included). Returns how many entries were applied."""
     applied = 0
@@ -236,15 +252,44 @@ async def replay(repo: Repository, base: Path) -> int:
             if torn:
                 log.warning("journal %s: %d line(s) could not be read (cut short by a kill while being "
                             "written; their answers were never acknowledged) and are skipped", path, torn)
-            for entry in entries:
-                await LedgerWrite.from_entry(entry).apply(repo)
-                applied += 1
-            if entries:
+            done, failed = await _apply_entries(repo, path, entries, database)
+            applied += done
+            if done:
                 log.warning("journal %s: %d answer(s) from Plum that could not be written while the database "
-                            "was unreachable are now in the ledger", path, len(entries))
+                            "was unreachable are now in the ledger", path, done)
+            if failed:
+                kept = path.with_name(f"{path.name}.failed-{int(time.time())}")
+                path.rename(kept)
+                log.error("journal %s: %d entr(y/ies) could not be applied; kept in %s for an admin to check",
+                          path, len(failed), kept)
+                continue
             handle.truncate(0)
         finally:
             handle.close()
         if path != base:
             path.unlink(missing_ok=True)
     return applied
+
+
+async def _apply_entries(repo: Repository, path: Path, entries: list[dict[str, Any]],
+                         database: str) -> tuple[int, list[dict[str, Any]]]:
+    """Apply each entry written for this database; an outage stops the start-up (the journal
+    stays), an entry of another database or one that fails is kept aside, never dropped."""
+    done, failed = 0, []
+    for entry in entries:
+        if entry.get("database", database) != database:
+            log.error("journal %s: an entry for database %s, not this daemon's %s: not applied", path,
+                      entry.get("database"), database)
+            failed.append(entry)
+            continue
+        try:
+            await LedgerWrite.from_entry(entry).apply(repo)
+        except Exception as exc:  # noqa: BLE001 - an outage is raised; anything else is kept aside
+            if unreachable(exc):
+                raise
+            log.exception("journal %s: entry %s (campaign %s chunk %s) could not be applied", path, entry["id"],
+                          entry["claim"].campaign_id, entry["claim"].chunk_id)
+            failed.append(entry)
+            continue
+        done += 1
+    return done, failed

@@ -36,12 +36,16 @@ from .simulator import InsightSimulator, SimulatorSettings
 
 async def run_replicas_demo(options: DemoOptions, replicas: int, database_url: str | None, console: Console) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="insight-replicas-"))
+    try:
+        url, drop = await _demo_database(database_url, workdir)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     sim = InsightSimulator(SimulatorSettings(developer_key=DEMO_KEY, fail_rate=options.fail_rate, seed=11,
                                              latency_mean_seconds=0.1, latency_jitter_seconds=0.05))
-    base_url = await sim.start()
-    url, drop = await _demo_database(database_url, workdir)
     procs: list[asyncio.subprocess.Process] = []
     try:
+        base_url = await sim.start()
         engine = db.create_engine(url)
         await db.upgrade(engine)
         repo = Repository(engine)
@@ -78,10 +82,11 @@ async def _demo_database(database_url: str | None, workdir: Path) -> tuple[str, 
         parsed = make_url(database_url)
     except Exception:  # noqa: BLE001 - sqlalchemy raises ArgumentError; any failure is the user's input
         raise UserError(f"--database-url: not a database URL: {database_url!r}") from None
-    if parsed.get_backend_name() == "sqlite":
-        return database_url, None
-    if parsed.get_backend_name() != "postgresql":
-        raise UserError("--database-url: use postgresql+asyncpg://user@host/db or a sqlite+aiosqlite URL")
+    if parsed.drivername != "postgresql+asyncpg":
+        # A SQLite file given here could be an installation's own: its campaigns would be sent
+        # to the simulator and the demo's numbers to Plum. Without the flag the demo uses its own.
+        raise UserError("--database-url: a PostgreSQL server as postgresql+asyncpg://user@host/db (the demo "
+                        "creates its own database there); leave it out for a SQLite file of the demo's own")
     name = f"insight_demo_{uuid.uuid4().hex[:8]}"
     admin = create_async_engine(parsed, isolation_level="AUTOCOMMIT")
     try:

@@ -410,7 +410,9 @@ class DaemonQueries(_Store):
         have been queued. A dead daemon's unfinished ingestion is released for another to restart."""
         live = select(Worker.worker_id).where(Worker.last_tick_at >= dead_before, Worker.stopped_at.is_(None))
         gone = Chunk.lease_owner.not_in(live) | Chunk.lease_owner.in_(list(also_dead))
-        stale = (Chunk.lease_expires_at < now) | gone
+        # A live daemon keeps its claims however long its answer takes to be written (a database
+        # outage); the lease decides only for a claim whose owner left no heartbeat at all.
+        stale = gone | ((Chunk.lease_expires_at < now) & Chunk.lease_owner.is_(None))
         async with self._write() as session:
             await session.execute(
                 update(Campaign).where(Campaign.ingested_at.is_(None), Campaign.lease_owner.is_not(None),
@@ -780,7 +782,9 @@ class ResultQueries(_Store):
         'duplicate' (the same body again) or 'unknown_chunk'."""
         digest = hashlib.sha256(body.encode("utf-8")).hexdigest()
         async with self._write() as session:
-            chunk = await session.get(Chunk, chunk_id)
+            # Locked (PostgreSQL): an answer moving it to unknown at the same moment would
+            # otherwise not see this call result, and the chunk would stay unknown.
+            chunk = await session.get(Chunk, chunk_id, with_for_update=_pg_only(session))
             if chunk is None or chunk.campaign_id != campaign_id:
                 return "unknown_chunk"
             seen = await session.scalar(select(CallResult.id).where(

@@ -108,7 +108,8 @@ class Daemon:
             log.warning("%d chunk(s) were being sent when this daemon last stopped: marked unknown "
                         "(see `campaign show`, resend with `chunk resend`)", recovered)
         self.outbox = Outbox(self.repo, Journal.open(journal_path(self.settings), self.worker), self.health,
-                             max_backoff_seconds=min(2.0, self.settings.scheduler.poll_interval_seconds / 2))
+                             max_backoff_seconds=min(2.0, self.settings.scheduler.poll_interval_seconds / 2),
+                             database=db.safe_url(self.settings.database.url))
         self.dispatcher = Dispatcher(self.repo, client, self.settings, self.worker, clock=self.clock,
                                      metrics=self.metrics, outbox=self.outbox)
         if self.settings.callbacks.listen:
@@ -145,7 +146,7 @@ class Daemon:
         killed) go into the ledger before anything is claimed."""
         assert self.repo is not None
         base = journal_path(self.settings)
-        applied = await replay(self.repo, base)
+        applied = await replay(self.repo, base, db.safe_url(self.settings.database.url))
         if applied:
             log.warning("applied %d answer(s) from the journal %s before claiming anything", applied, base)
 

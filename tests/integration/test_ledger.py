@@ -156,3 +156,33 @@ async def test_every_way_of_stopping_settles_every_unsent_contact(how, repo, tmp
     done = await repo.get_campaign(row.id)
     assert (done.chunks_succeeded, done.contacts_queued, done.chunks_pending) == (1, 10, 0)
     assert await repo.claim_next_chunk("w", times()) is None
+
+
+async def test_a_late_retry_after_an_outage_reopens_the_campaign_it_would_have_finished(repo, tmp_path):
+    """The database was down longer than 3 polls: the one chunk out was declared unknown and the
+    campaign finished as completed_with_errors; then the daemon wrote Plum's answer, a 500.
+    The chunk must be sent again, not cancelled with the finished campaign."""
+    row = await ingested(repo, tmp_path, count=10)
+    claim = await repo.claim_next_chunk("w", times())
+    assert await repo.abandon_submitting(NOW, NOW, also_dead={"w"}) == 1
+    assert (await repo.get_campaign(row.id)).status == "completed_with_errors"
+    plan = NextStep(Step.RETRY, NOW, "HTTP 500")
+    assert await repo.record_outcome(claim, "w", RESULT[Step.RETRY], plan, NOW) == plan
+    await repo.housekeeping(NOW)
+    assert (await repo.get_campaign(row.id)).status == "running"
+    assert await statuses(repo, row.id) == ({"pending": 1}, {"pending": 10})
+    again = await repo.claim_next_chunk("w", times(NOW + timedelta(seconds=1)))
+    await repo.record_outcome(again, "w", RESULT[Step.SUCCEEDED], NextStep(Step.SUCCEEDED), NOW)
+    assert (await repo.get_campaign(row.id)).status == "completed"
+    assert await repo.verify_campaign(row.id) == []
+
+
+async def test_a_live_daemons_claim_outlives_its_lease(repo, tmp_path):
+    """A live daemon keeps its claim however long its answer takes to be written."""
+    await repo.register_worker("w", NOW, "h", 1, "t")
+    await ingested(repo, tmp_path, count=10)
+    await repo.claim_next_chunk("w", times())
+    later = NOW + timedelta(minutes=10)  # lease (2 min) long gone, the daemon still beats
+    await repo.heartbeat("w", later)
+    assert await repo.abandon_submitting(later, later - timedelta(seconds=15)) == 0
+    assert await repo.abandon_submitting(later + timedelta(seconds=20), later + timedelta(seconds=5)) == 1

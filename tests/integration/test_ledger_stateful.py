@@ -148,9 +148,10 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule()
     def leases_run_out(self) -> None:
-        """Answers too slow: another daemon declares the chunks unknown (their answers may still come)."""
+        """Heartbeats missed (a database outage): another daemon declares the chunks unknown, while
+        their answers may still come (a live daemon's lease alone no longer takes them)."""
         now = self.advance()
-        self.run(self.repo.abandon_submitting(now + LEASE + STEP, self.started - STEP))
+        self.run(self.repo.abandon_submitting(now + LEASE + STEP, now + LEASE + STEP))
 
     @rule(worker=st.sampled_from(WORKERS))
     def daemon_restarts(self, worker: str) -> None:
