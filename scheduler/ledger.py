@@ -166,6 +166,11 @@ def take_slot(conn: Connection, limits: AccountLimits) -> Slot:
     return Slot(float(at), float(now))
 
 
+def database_clock(conn: Connection) -> float:
+    """The database's clock now (Unix seconds)."""
+    return float(conn.scalar(select(db_epoch(conn))) or 0.0)
+
+
 def slot_wait(conn: Connection, account: str) -> float:
     """Seconds until the account's next free slot (0 when one is free now), without taking it."""
     value = conn.scalar(select(PlumAccount.rate_next_slot - db_epoch(conn)).where(PlumAccount.account == account))

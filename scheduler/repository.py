@@ -669,6 +669,10 @@ class DaemonQueries(_Store):
         """
         return await self._ledger(ledger.claim_next, worker, times, after_campaign_id, recent_since, limits)
 
+    async def database_clock(self) -> float:
+        """The database's clock (Unix seconds), to learn its offset from this host's."""
+        return await self._ledger(ledger.database_clock, read_only=True)
+
     async def rate_wait(self, account: str) -> float:
         """Seconds until the account's next free send slot (any daemon may take it first)."""
         return await self._ledger(ledger.slot_wait, account, read_only=True)
