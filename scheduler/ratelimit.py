@@ -44,15 +44,6 @@ class RateLimiter:
         # the most recent sends, as many as one window may hold
         self._sent: deque[float] = deque(maxlen=max(1, math.ceil(rate_per_second)))
 
-    def hold_off(self) -> None:
-        """No slot within one window from now.
-
-        A daemon restarted right after a crash does not know what its previous
-        life sent in the last second; waiting one window makes sure the two
-        together never exceed the limit.
-        """
-        self._next_allowed = max(self._next_allowed, self._clock() + self._window_seconds)
-
     async def acquire(self) -> None:
         """Wait for the next slot."""
         await self.wait_until(await self.reserve(lead_seconds=0.0))
