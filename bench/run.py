@@ -750,6 +750,16 @@ def daemon_env() -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("INSIGHT_")}, "PYTHONPATH": str(ROOT)}
 
 
+def profiled(proc: subprocess.Popen, name: str) -> subprocess.Popen | None:
+    """BENCH_PROFILE=DIR: py-spy samples the daemon until it exits, into DIR/NAME.txt (collapsed stacks)."""
+    folder = os.environ.get("BENCH_PROFILE")
+    if not folder:
+        return None
+    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--threads",
+                             "--rate", "250", "--format", "raw", "-o", f"{folder}/{name}.txt", "--pid",
+                             str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def start_replica(config: Path) -> subprocess.Popen:
     log = (config.parent / "daemon.log").open("ab")
     try:
@@ -1013,6 +1023,66 @@ async def replicas_debug(conn, campaign_id: int, requests: list[dict], first: fl
             print(f"  d{i + 1} /metrics: " + "; ".join(wanted), file=sys.stderr)
 
 
+# -- 12. daemon CPU per request ----------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time (user + system, all threads) from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def send_path_cpu(workdir: Path, chunk: int, in_flight: int, requests: int) -> Row:
+    """One daemon process (`insight-scheduler run`, SQLite) sending `requests` chunks of `chunk`
+    contacts with `in_flight` requests at once and a rate far above N/L, to a simulator
+    answering in 50-150 ms: the daemon's CPU time from its first request to its last, per
+    request, beside the simulator's."""
+    latency = 0.1
+    path = generate_contacts(workdir / f"cpu{chunk}.csv", requests * chunk, bad_every=0, repeat_every=0)
+    home = workdir / f"cpu{chunk}-{in_flight}"
+    async with SimProcess("--latency-mean-seconds", str(latency), "--latency-jitter-seconds", "0.05") as sim:
+        url = f"sqlite+aiosqlite:///{home / 'bench.db'}"
+        config = replica_config(home, url, sim.base_url, 10_000, in_flight, chunk)
+        engine = db.create_engine(url)
+        await db.upgrade(engine)
+        repo = Repository(engine)
+        now = utcnow()
+        row = await repo.create_campaign(NewCampaign("cpu", "1", "1", str(path), now, now + timedelta(hours=1)),
+                                         stored_files.pack(path))
+        proc = start_replica(config)
+        spy = profiled(proc, home.name)
+        try:
+            first_cpu = last_cpu = None
+            deadline = time.monotonic() + 300
+            while last_cpu is None:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"the daemon did not send everything; see {home / 'daemon.log'}")
+                stats = await sim.stats()
+                daemon_cpu, sim_cpu = cpu_seconds(proc.pid), cpu_seconds(sim.proc.pid)
+                if first_cpu is None and stats["requests"] >= 1:
+                    first_cpu, first_count = (daemon_cpu, sim_cpu), stats["requests"]
+                if stats["requests"] >= requests:
+                    last_cpu, last_count = (daemon_cpu, sim_cpu), stats["requests"]
+                await asyncio.sleep(0.02)
+            while (await repo.get_campaign(row.id)).status not in FINAL:
+                await asyncio.sleep(0.05)
+        finally:
+            await stop_processes([proc])
+            await engine.dispose()
+            if spy is not None:
+                spy.wait(60)
+    counted = last_count - first_count
+    daemon_ms = (last_cpu[0] - first_cpu[0]) / counted * 1000
+    sim_ms = (last_cpu[1] - first_cpu[1]) / counted * 1000
+    achieved, ideal = achieved_rate(stats), in_flight / latency
+    goal_ms = 2.0 if chunk <= 100 else 4.0
+    return Row(f"12. daemon CPU per request, chunk {chunk}, {in_flight} in flight, 50-150 ms answers "
+               f"({stats['requests']} requests, SQLite, daemon process)",
+               f"daemon {daemon_ms:.2f} ms CPU per request (simulator {sim_ms:.2f} ms); {achieved:.1f}/s",
+               f"N/L = {ideal:.0f}/s", f"{daemon_ms:.2f} ms; {achieved / ideal:.3f} of N/L",
+               f"<= {goal_ms:g} ms CPU per request", "yes" if daemon_ms <= goal_ms else "no")
+
+
 def table(rows: list[Row]) -> str:
     lines = ["| benchmark | measured | baseline / limit | ratio | goal | met |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.name} | {r.measured} | {r.baseline} | {r.ratio} | {r.goal} | {r.met} |" for r in rows]
@@ -1057,6 +1127,9 @@ async def main(quick: bool, only: set[int]) -> None:
                            else replicas_kill_nine(workdir, 30_000))
         rows.append(row)
         notes += more
+    if wanted(12):
+        rows.append(await send_path_cpu(workdir, 100, 16, 100 if quick else 400))
+        rows.append(await send_path_cpu(workdir, 1000, 4, 40 if quick else 100))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     print(f"\nbench run {stamp} on {platform.node()} ({os.cpu_count()} cores, Python {platform.python_version()})\n")
     print(table(rows))

@@ -173,21 +173,25 @@ class Dispatcher:
         # build the request; it then leaves exactly at its slot (see _send).
         try:
             await self._near_rate_slot()
-            claim = None if self._stopping else await self._claim_shielded()
+            claims = [] if self._stopping else await self._claim_shielded(self._batch_size(permit))
         except BaseException:
             self.breaker.give_back(permit)
             raise
-        if not isinstance(claim, ClaimedChunk):
+        if isinstance(claims, AccountFull) or not claims:
             self.breaker.give_back(permit)
-            if claim is ACCOUNT_FULL:
+            if claims is ACCOUNT_FULL:
                 await self._wait_for_room()
             elif not self._stopping:
                 await self._idle()
             return
+        self.outbox.health.ok()
+        self._last_campaign_id = claims[-1].campaign_id
+        for claim in claims:
+            self._start_sending(claim, permit)
+
+    def _start_sending(self, claim: ClaimedChunk, permit: Permit) -> None:
         slot = self._local_slot(claim.slot)
         self._next_slot = slot + self.limiter.interval_seconds
-        self.outbox.health.ok()
-        self._last_campaign_id = claim.campaign_id
         if permit is Permit.PROBE:
             self._note_probe(claim)
         task = asyncio.get_running_loop().create_task(self._send(claim, slot, permit))
@@ -195,16 +199,28 @@ class Dispatcher:
         self.metrics.in_flight.set(len(self._in_flight))
         task.add_done_callback(self._finished)
 
+    def _batch_size(self, permit: Permit) -> int:
+        """How many chunks one claim takes: this daemon's free places, but only as many slots as
+        fall within the claim's lead (a claim holds one of the account's places until its answer
+        is written, so claiming a slot far ahead wastes a place); a probe goes alone."""
+        if permit is Permit.PROBE:
+            return 1
+        free = self.settings.submission.max_concurrency - len(self._in_flight)
+        by_rate = 1 + int(self._claim_lead() / self.limiter.interval_seconds)
+        return max(1, min(free, by_rate))
+
+    def _claim_lead(self) -> float:
+        # As long before the slot as a claim takes (twice, for safety), plus the time to build
+        # the request. Earlier wastes a place; later, and the database books a later slot
+        # (never one that has passed), which costs throughput.
+        return min(CLAIM_LEAD_SECONDS, 2 * self._claim_seconds + SLOT_BUILD_SECONDS + 0.005)
+
     async def _near_rate_slot(self) -> None:
         """Sleep until shortly before the account's next free slot. At low rates the database is
         asked (another daemon, or this one's earlier life, may have booked ahead); at high rates
         this daemon's own last slot says it, and a claim waits at most a few intervals."""
         loop = asyncio.get_running_loop()
-        # A claim holds one of the account's places in flight until its answer is written, so
-        # claim just in time: as long before the slot as a claim takes (twice, for safety), plus
-        # the time to build the request. Earlier wastes a place; later, and the database books
-        # a later slot (never one that has passed), which costs throughput.
-        lead = min(CLAIM_LEAD_SECONDS, 2 * self._claim_seconds + SLOT_BUILD_SECONDS + 0.005)
+        lead = self._claim_lead()  # a claim holds one of the account's places: claim just in time
         if self.limiter.interval_seconds > CLAIM_LEAD_SECONDS:
             wait = await self.repo.rate_wait(self.account)
         else:
@@ -246,21 +262,21 @@ class Dispatcher:
     def limits(self) -> AccountLimits:
         return AccountLimits(self.account, self.limiter.interval_seconds, self.settings.submission.max_concurrency)
 
-    async def _claim_shielded(self) -> ClaimedChunk | AccountFull | None:
-        # A claim that committed must not be lost to a cancellation: give it back.
+    async def _claim_shielded(self, most: int) -> list[ClaimedChunk] | AccountFull:
+        # Claims that committed must not be lost to a cancellation: give them back.
         now = self.clock()
         lease = timedelta(seconds=self.settings.insight.timeout_seconds + LEASE_SLACK_SECONDS)
         times = ClaimTimes(now=now, lease_until=now + lease, open_until=now + windows.MIN_WINDOW,
                            opens_by=now + timedelta(seconds=self.settings.scheduler.lead_seconds))
-        task = asyncio.ensure_future(self.repo.claim_next_chunk(
-            self.worker, times, self._last_campaign_id, recent_since(self.settings, now), self.limits()))
+        task = asyncio.ensure_future(self.repo.claim_chunks(
+            self.worker, times, self._last_campaign_id, recent_since(self.settings, now), self.limits(), most))
         started = asyncio.get_running_loop().time()
         task.add_done_callback(lambda _: self._time_claim(asyncio.get_running_loop().time() - started))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            claim = await task
-            if isinstance(claim, ClaimedChunk):
+            claims = await task
+            for claim in claims if isinstance(claims, list) else []:
                 await self._release(claim)
             raise
 

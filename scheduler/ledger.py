@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Sequence
 
-from sqlalchemy import Boolean, Integer, String, and_, case, func, insert, literal, select, update
+from sqlalchemy import Boolean, Float, Integer, String, and_, bindparam, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -133,8 +133,7 @@ def _account_row(conn: Connection, account: str) -> None:
 
 def in_flight(conn: Connection) -> int:
     """Requests out at Plum now, by every daemon: chunks being submitted."""
-    return int(conn.scalar(select(func.count()).select_from(Chunk)
-                           .where(Chunk.status == ChunkStatus.SUBMITTING.value)) or 0)
+    return int(conn.scalar(claim_sql(conn).in_flight) or 0)
 
 
 SLOT_BUILD_SECONDS = 0.015
@@ -150,20 +149,17 @@ class Slot:
     db_now_epoch: float
 
 
-def take_slot(conn: Connection, limits: AccountLimits) -> Slot:
-    """The account's next send slot (GCRA with a burst of one, on the database's clock).
-    Slots are spaced ``interval_seconds`` apart whatever daemon takes them, so a daemon
+def take_slots(conn: Connection, limits: AccountLimits, count: int = 1) -> list[Slot]:
+    """The account's next ``count`` send slots (GCRA with a burst of one, on the database's
+    clock). Slots are spaced ``interval_seconds`` apart whatever daemon takes them, so a daemon
     joining or restarting never bursts."""
-    greatest = func.greatest if is_postgres(conn) else func.max
-    # A slot free now is booked a moment ahead: building the request takes a few ms, and a
-    # request leaving late next to an on-time one is how R + 1 land in one second.
-    earliest = db_epoch(conn) + SLOT_BUILD_SECONDS
-    statement = (update(PlumAccount).where(PlumAccount.account == limits.account)
-                 .values(rate_next_slot=greatest(func.coalesce(PlumAccount.rate_next_slot, 0.0), earliest)
-                         + limits.interval_seconds)
-                 .returning(PlumAccount.rate_next_slot - limits.interval_seconds, db_epoch(conn)))
-    at, now = conn.execute(statement).one()
-    return Slot(float(at), float(now))
+    params = {"b_account": limits.account, "interval": limits.interval_seconds, "count": count}
+    booked = conn.execute(claim_sql(conn).slots, params).first()
+    if booked is None:  # the account's first claim (SQLite: the write transaction is the lock)
+        _account_row(conn, limits.account)
+        booked = conn.execute(claim_sql(conn).slots, params).one()
+    at, now = float(booked[0]), float(booked[1])
+    return [Slot(at + i * limits.interval_seconds, now) for i in range(count)]
 
 
 def database_clock(conn: Connection) -> float:
@@ -262,65 +258,147 @@ def claim_next(
     """Take the next ready chunk, round-robin over campaigns (the caller's transaction is the lock).
     With ``limits``: ACCOUNT_FULL when the account has its maximum in flight, and the claim
     carries its send slot (``slot``)."""
-    now = times.now
+    claims = claim_batch(conn, worker, times, after_campaign_id, recent_since, limits, 1)
+    return claims if isinstance(claims, AccountFull) else (claims[0] if claims else None)
+
+
+def claim_batch(
+    conn: Connection, worker: str, times: ClaimTimes, after_campaign_id: int, recent_since: datetime | None,
+    limits: AccountLimits | None, most: int,
+) -> list[ClaimedChunk] | AccountFull:
+    """Take up to ``most`` ready chunks in one transaction, round-robin over campaigns (the next
+    campaign after ``after_campaign_id`` first). With ``limits``: never more than the account's
+    free places in flight (ACCOUNT_FULL when there is none), each claim carrying its own send
+    slot, booked back to back. One transaction for several requests is what makes a request
+    cheap when many are out at once (issue 15)."""
+    sql = claim_sql(conn)
     if limits is not None:
-        _account_row(conn, limits.account)
-        if in_flight(conn) >= limits.max_in_flight:
+        if is_postgres(conn):
+            _account_row(conn, limits.account)
+        most = min(most, limits.max_in_flight - in_flight(conn))
+        if most <= 0:
             return ACCOUNT_FULL
-    query = _ready_chunks(times, after_campaign_id).where(
-        readable(conn, Campaign.start_at), readable(conn, Campaign.end_at))
-    if is_postgres(conn):
-        query = query.with_for_update(skip_locked=True, of=Chunk)
+    campaigns = conn.execute(sql.running, {"now": times.now}).all()
+    for campaign in _round_robin(campaigns, after_campaign_id):
+        rows = _claimable(conn, sql, campaign, times, recent_since, most)
+        if rows:
+            return _take(conn, sql, worker, times, campaign, rows, limits)
+    return []
+
+
+def _round_robin(campaigns: Sequence[Any], after_campaign_id: int) -> list[Any]:
+    """Running campaigns in turn: those after the last one served first."""
+    return ([c for c in campaigns if c.id > after_campaign_id] + [c for c in campaigns if c.id <= after_campaign_id])
+
+
+def _claimable(conn: Connection, sql: "ClaimSql", campaign: Any, times: ClaimTimes, recent_since: datetime | None,
+               most: int) -> list[tuple[Any, int]]:
+    """A campaign's next ready chunks (file order) with how many contacts each still sends; a
+    chunk whose every contact was suppressed or called by another campaign since ingestion is
+    cancelled on the way."""
+    params = {"campaign_id": campaign.id, "now": times.now, "opens_by": times.opens_by,
+              "open_until": times.open_until, "most": most}
     while True:
-        row = (conn.execute(query)).first()
-        if row is None:
-            return None
-        remaining = suppress_in_chunk(conn, row.id, row.campaign_id, row.contact_count, now, recent_since)
-        if remaining:
-            break
-        # every contact was suppressed, or called by another campaign, since ingestion
-        move_chunks(conn, Chunk.id == row.id, (ChunkStatus.PENDING,), ChunkStatus.CANCELLED, now,
-                    finished_at=now, contact_count=0, last_error=NOTHING_LEFT)
-        refresh_if_settled(conn, row.campaign_id, now)
-    attempt, token = row.attempts + 1, row.claim_token + 1
-    move_chunks(conn, Chunk.id == row.id, (ChunkStatus.PENDING,), ChunkStatus.SUBMITTING, now,
-                attempts=attempt, claim_token=token, lease_owner=worker, lease_expires_at=times.lease_until)
-    submission_id: int = conn.execute(
-        insert(Submission).returning(Submission.id).values(
-            campaign_id=row.campaign_id, chunk_id=row.id, attempt=attempt, worker=worker, started_at=now,
-            outcome="sending", contact_count=remaining)).scalar_one()
-    return ClaimedChunk(
-        chunk_id=row.id, campaign_id=row.campaign_id, seq=row.seq, attempt=attempt,
-        contact_count=remaining, submission_id=submission_id, survey_id=row.survey_id,
-        instance_id=row.instance_id, start_at=row.start_at, end_at=row.end_at, max_attempts=row.max_attempts,
-        reattempt_wait=row.reattempt_wait, result_url=row.result_url, contacts_header=row.contacts_header,
-        window_start_at=row.window_start_at, window_end_at=row.window_end_at, worker=worker, token=token,
-        outage_tries=row.outage_tries,
-        slot=take_slot(conn, limits) if limits is not None else None,
-    )
+        rows = conn.execute(sql.ready, params).all()
+        if not rows:
+            return []
+        removed = suppress_in_chunks(conn, [row.id for row in rows], campaign.id, times.now, recent_since)
+        kept = [(row, row.contact_count - removed.get(row.id, 0)) for row in rows]
+        emptied = [row.id for row, remaining in kept if remaining <= 0]
+        if emptied:
+            move_chunks(conn, Chunk.id.in_(emptied), (ChunkStatus.PENDING,), ChunkStatus.CANCELLED, times.now,
+                        finished_at=times.now, contact_count=0, last_error=NOTHING_LEFT)
+            refresh_if_settled(conn, campaign.id, times.now)
+        kept = [(row, remaining) for row, remaining in kept if remaining > 0]
+        if kept:
+            return kept
 
 
-def _ready_chunks(times: ClaimTimes, after_campaign_id: int) -> Any:
-    """Pending chunks that may be sent now (retry time, calling window, running campaign), next campaign first."""
+def _take(conn: Connection, sql: "ClaimSql", worker: str, times: ClaimTimes, campaign: Any,
+          rows: list[tuple[Any, int]], limits: AccountLimits | None) -> list[ClaimedChunk]:
+    """The chunks become ``submitting`` (attempt and claim token up by one, leased to ``worker``),
+    each with its ``sending`` submission row and, with limits, its send slot."""
     now = times.now
-    return (
-        select(Chunk.id, Chunk.campaign_id, Chunk.seq, Chunk.attempts, Chunk.claim_token, Chunk.contact_count,
-               Chunk.window_start_at, Chunk.window_end_at, Chunk.outage_tries,
-               Campaign.survey_id, Campaign.instance_id, Campaign.start_at, Campaign.end_at,
+    states.check_move((ChunkStatus.PENDING,), ChunkStatus.SUBMITTING)  # contacts stay pending (CONTACT_OF)
+    conn.execute(sql.to_submitting, {"ids": [row.id for row, _ in rows], "worker": worker, "now": now,
+                                     "lease_until": times.lease_until})
+    slots = take_slots(conn, limits, len(rows)) if limits is not None else [None] * len(rows)
+    claims = []
+    for (row, remaining), slot in zip(rows, slots):
+        attempt, token = row.attempts + 1, row.claim_token + 1
+        submission_id: int = conn.execute(sql.new_submission, {
+            "campaign_id": campaign.id, "chunk_id": row.id, "attempt": attempt, "worker": worker,
+            "started_at": now, "outcome": "sending", "contact_count": remaining}).scalar_one()
+        claims.append(ClaimedChunk(
+            chunk_id=row.id, campaign_id=campaign.id, seq=row.seq, attempt=attempt, contact_count=remaining,
+            submission_id=submission_id, survey_id=campaign.survey_id, instance_id=campaign.instance_id,
+            start_at=campaign.start_at, end_at=campaign.end_at, max_attempts=campaign.max_attempts,
+            reattempt_wait=campaign.reattempt_wait, result_url=campaign.result_url,
+            contacts_header=campaign.contacts_header, window_start_at=row.window_start_at,
+            window_end_at=row.window_end_at, worker=worker, token=token, outage_tries=row.outage_tries, slot=slot))
+    return claims
+
+
+@dataclass(frozen=True)
+class ClaimSql:
+    """The claim's statements, built once per dialect: building and cache-keying a statement
+    cost more than running it on SQLite (about half of a claim's CPU)."""
+
+    running: Any
+    ready: Any
+    to_submitting: Any
+    new_submission: Any
+    in_flight: Any
+    slots: Any
+
+
+_CLAIM_SQL: dict[str, ClaimSql] = {}
+
+
+def claim_sql(conn: Connection) -> ClaimSql:
+    name = conn.dialect.name
+    if name not in _CLAIM_SQL:
+        _CLAIM_SQL[name] = _build_claim_sql(conn)
+    return _CLAIM_SQL[name]
+
+
+def _build_claim_sql(conn: Connection) -> ClaimSql:
+    now = bindparam("now", type_=UTCDateTime())
+    running = (
+        select(Campaign.id, Campaign.survey_id, Campaign.instance_id, Campaign.start_at, Campaign.end_at,
                Campaign.max_attempts, Campaign.reattempt_wait, Campaign.result_url, Campaign.contacts_header)
-        .join(Campaign, Campaign.id == Chunk.campaign_id)
-        .where(
-            Chunk.status == ChunkStatus.PENDING.value,
-            (Chunk.next_attempt_at.is_(None)) | (Chunk.next_attempt_at <= now),
-            (Chunk.window_start_at.is_(None)) | (Chunk.window_start_at <= times.opens_by),
-            (Chunk.window_end_at.is_(None)) | (Chunk.window_end_at >= times.open_until),
-            Campaign.status == CampaignStatus.RUNNING.value,
-            Campaign.ingested_at.is_not(None),
-            Campaign.end_at > now,
-        )
-        .order_by(case((Chunk.campaign_id > after_campaign_id, 0), else_=1), Chunk.campaign_id, Chunk.seq)
-        .limit(1)
-    )
+        .where(Campaign.status == CampaignStatus.RUNNING.value, Campaign.ingested_at.is_not(None),
+               Campaign.end_at > now, readable(conn, Campaign.start_at), readable(conn, Campaign.end_at))
+        .order_by(Campaign.id))
+    ready = (
+        select(Chunk.id, Chunk.seq, Chunk.attempts, Chunk.claim_token, Chunk.contact_count,
+               Chunk.window_start_at, Chunk.window_end_at, Chunk.outage_tries)
+        .where(Chunk.campaign_id == bindparam("campaign_id"), Chunk.status == ChunkStatus.PENDING.value,
+               (Chunk.next_attempt_at.is_(None)) | (Chunk.next_attempt_at <= now),
+               (Chunk.window_start_at.is_(None)) | (Chunk.window_start_at <= bindparam("opens_by")),
+               (Chunk.window_end_at.is_(None)) | (Chunk.window_end_at >= bindparam("open_until")))
+        .order_by(Chunk.seq).limit(bindparam("most", type_=Integer())))
+    if is_postgres(conn):
+        ready = ready.with_for_update(skip_locked=True, of=Chunk)
+    to_submitting = (
+        update(Chunk).where(Chunk.id.in_(bindparam("ids", expanding=True)),
+                            Chunk.status == ChunkStatus.PENDING.value)
+        .values(status=ChunkStatus.SUBMITTING.value, updated_at=now, attempts=Chunk.attempts + 1,
+                claim_token=Chunk.claim_token + 1, lease_owner=bindparam("worker"),
+                lease_expires_at=bindparam("lease_until", type_=UTCDateTime())))
+    greatest = func.greatest if is_postgres(conn) else func.max
+    interval, count = bindparam("interval", type_=Float()), bindparam("count", type_=Integer())
+    # A slot free now is booked a moment ahead: building the request takes a few ms, and a
+    # request leaving late next to an on-time one is how R + 1 land in one second.
+    first = greatest(func.coalesce(PlumAccount.rate_next_slot, 0.0), db_epoch(conn) + SLOT_BUILD_SECONDS)
+    slots = (update(PlumAccount).where(PlumAccount.account == bindparam("b_account"))
+             .values(rate_next_slot=first + interval * count)
+             .returning(PlumAccount.rate_next_slot - interval * count, db_epoch(conn)))
+    return ClaimSql(
+        running=running, ready=ready, to_submitting=to_submitting,
+        new_submission=insert(Submission).returning(Submission.id),
+        in_flight=select(func.count()).select_from(Chunk).where(Chunk.status == ChunkStatus.SUBMITTING.value),
+        slots=slots)
 
 
 SUPPRESSED_REASON = "on the suppression list"
@@ -340,21 +418,23 @@ def do_not_call(campaign_id: int, recent_since: datetime | None) -> list[tuple[A
     return rules
 
 
-def suppress_in_chunk(conn: Connection, chunk_id: int, campaign_id: int, contact_count: int, now: datetime,
-                      recent_since: datetime | None = None) -> int:
-    """Take numbers not to be called (added since ingestion) out of a chunk about to be sent; how many remain."""
-    removed = 0
+def suppress_in_chunks(conn: Connection, chunk_ids: list[int], campaign_id: int, now: datetime,
+                       recent_since: datetime | None = None) -> dict[int, int]:
+    """Take numbers not to be called (added since ingestion) out of chunks about to be sent;
+    how many each chunk lost (chunks that lost none are absent)."""
+    removed: dict[int, int] = {}
     for numbers, status, reason in do_not_call(campaign_id, recent_since):
-        removed += conn.execute(
+        for chunk_id in conn.execute(
             update(Contact)
-            .where(Contact.chunk_id == chunk_id, Contact.status == ContactStatus.PENDING.value,
+            .where(Contact.chunk_id.in_(chunk_ids), Contact.status == ContactStatus.PENDING.value,
                    Contact.phone.in_(numbers))
-            .values(status=status, reason=reason)
-        ).rowcount
-    if removed:
+            .values(status=status, reason=reason).returning(Contact.chunk_id)
+        ).scalars():
+            removed[int(chunk_id or 0)] = removed.get(int(chunk_id or 0), 0) + 1
+    for chunk_id, count in removed.items():
         conn.execute(update(Chunk).where(Chunk.id == chunk_id).values(
-            contact_count=Chunk.contact_count - removed, updated_at=now))
-    return contact_count - removed
+            contact_count=Chunk.contact_count - count, updated_at=now))
+    return removed
 
 
 def remember_queued(conn: Connection, chunk_id: int, campaign_id: int, now: datetime) -> None:

@@ -259,6 +259,9 @@ class Chunk(Base):
     __table_args__ = (
         UniqueConstraint("campaign_id", "seq"),
         Index(None, "status", "campaign_id", "next_attempt_at"),
+        # A claim walks one campaign's pending chunks in file order and stops at the first
+        # ready ones; without it every claim sorted all of them.
+        Index(None, "campaign_id", "status", "seq"),
     )
 
 

@@ -669,6 +669,14 @@ class DaemonQueries(_Store):
         """
         return await self._ledger(ledger.claim_next, worker, times, after_campaign_id, recent_since, limits)
 
+    async def claim_chunks(
+        self, worker: str, times: ledger.ClaimTimes, after_campaign_id: int, recent_since: datetime | None,
+        limits: ledger.AccountLimits | None, most: int,
+    ) -> list[ClaimedChunk] | ledger.AccountFull:
+        """Up to ``most`` chunks in one transaction (see ``claim_next_chunk``), each with its own
+        send slot; never more than the account's free places in flight."""
+        return await self._ledger(ledger.claim_batch, worker, times, after_campaign_id, recent_since, limits, most)
+
     async def database_clock(self) -> float:
         """The database's clock (Unix seconds), to learn its offset from this host's."""
         return await self._ledger(ledger.database_clock, read_only=True)
