@@ -414,7 +414,8 @@ class Dispatcher:
                       learn: bool = True) -> None:
         plan = self._plan(claim, result, permit, learn)
         write = LedgerWrite("record", claim, self.clock(), result, plan, self.worker,
-                            self.settings.submission.max_rejections_without_success)
+                            self.settings.submission.max_rejections_without_success,
+                            remember_calls=self.settings.contacts.min_hours_between_calls > 0)
         # Shielded: a shutdown must never lose an outcome row (what the database cannot take
         # in time is in the journal: see outbox.py).
         task = asyncio.ensure_future(self.outbox.write(write))

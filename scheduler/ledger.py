@@ -133,7 +133,7 @@ def _account_row(conn: Connection, account: str) -> None:
 
 def in_flight(conn: Connection) -> int:
     """Requests out at Plum now, by every daemon: chunks being submitted."""
-    return int(conn.scalar(claim_sql(conn).in_flight) or 0)
+    return int(conn.scalar(hot_sql(conn).in_flight) or 0)
 
 
 SLOT_BUILD_SECONDS = 0.015
@@ -154,10 +154,10 @@ def take_slots(conn: Connection, limits: AccountLimits, count: int = 1) -> list[
     clock). Slots are spaced ``interval_seconds`` apart whatever daemon takes them, so a daemon
     joining or restarting never bursts."""
     params = {"b_account": limits.account, "interval": limits.interval_seconds, "count": count}
-    booked = conn.execute(claim_sql(conn).slots, params).first()
+    booked = conn.execute(hot_sql(conn).slots, params).first()
     if booked is None:  # the account's first claim (SQLite: the write transaction is the lock)
         _account_row(conn, limits.account)
-        booked = conn.execute(claim_sql(conn).slots, params).one()
+        booked = conn.execute(hot_sql(conn).slots, params).one()
     at, now = float(booked[0]), float(booked[1])
     return [Slot(at + i * limits.interval_seconds, now) for i in range(count)]
 
@@ -271,7 +271,7 @@ def claim_batch(
     free places in flight (ACCOUNT_FULL when there is none), each claim carrying its own send
     slot, booked back to back. One transaction for several requests is what makes a request
     cheap when many are out at once (issue 15)."""
-    sql = claim_sql(conn)
+    sql = hot_sql(conn)
     if limits is not None:
         if is_postgres(conn):
             _account_row(conn, limits.account)
@@ -291,7 +291,7 @@ def _round_robin(campaigns: Sequence[Any], after_campaign_id: int) -> list[Any]:
     return ([c for c in campaigns if c.id > after_campaign_id] + [c for c in campaigns if c.id <= after_campaign_id])
 
 
-def _claimable(conn: Connection, sql: "ClaimSql", campaign: Any, times: ClaimTimes, recent_since: datetime | None,
+def _claimable(conn: Connection, sql: "HotSql", campaign: Any, times: ClaimTimes, recent_since: datetime | None,
                most: int) -> list[tuple[Any, int]]:
     """A campaign's next ready chunks (file order) with how many contacts each still sends; a
     chunk whose every contact was suppressed or called by another campaign since ingestion is
@@ -314,7 +314,7 @@ def _claimable(conn: Connection, sql: "ClaimSql", campaign: Any, times: ClaimTim
             return kept
 
 
-def _take(conn: Connection, sql: "ClaimSql", worker: str, times: ClaimTimes, campaign: Any,
+def _take(conn: Connection, sql: "HotSql", worker: str, times: ClaimTimes, campaign: Any,
           rows: list[tuple[Any, int]], limits: AccountLimits | None) -> list[ClaimedChunk]:
     """The chunks become ``submitting`` (attempt and claim token up by one, leased to ``worker``),
     each with its ``sending`` submission row and, with limits, its send slot."""
@@ -340,9 +340,9 @@ def _take(conn: Connection, sql: "ClaimSql", worker: str, times: ClaimTimes, cam
 
 
 @dataclass(frozen=True)
-class ClaimSql:
-    """The claim's statements, built once per dialect: building and cache-keying a statement
-    cost more than running it on SQLite (about half of a claim's CPU)."""
+class HotSql:
+    """The statements of every request (claim, answer), built once per dialect: building and
+    cache-keying a statement cost more than running it on SQLite (about half of a claim's CPU)."""
 
     running: Any
     ready: Any
@@ -350,19 +350,39 @@ class ClaimSql:
     new_submission: Any
     in_flight: Any
     slots: Any
+    answer: Any
+    fence: Any
+    still_open: Any
+    lock_campaign: Any
+    campaign_state: Any
 
 
-_CLAIM_SQL: dict[str, ClaimSql] = {}
+_HOT_SQL: dict[str, HotSql] = {}
 
 
-def claim_sql(conn: Connection) -> ClaimSql:
+def hot_sql(conn: Connection) -> HotSql:
     name = conn.dialect.name
-    if name not in _CLAIM_SQL:
-        _CLAIM_SQL[name] = _build_claim_sql(conn)
-    return _CLAIM_SQL[name]
+    if name not in _HOT_SQL:
+        _HOT_SQL[name] = HotSql(**_build_claim_sql(conn), **_build_record_sql())
+    return _HOT_SQL[name]
 
 
-def _build_claim_sql(conn: Connection) -> ClaimSql:
+def _build_record_sql() -> dict[str, Any]:
+    campaign_id: Any = bindparam("campaign_id")
+    answer = update(Submission).where(Submission.id == bindparam("b_id")).values(
+        finished_at=bindparam("b_finished_at", type_=UTCDateTime()), status_code=bindparam("b_status_code"),
+        outcome=bindparam("b_outcome"), error=bindparam("b_error"), response_excerpt=bindparam("b_excerpt"),
+        latency_seconds=bindparam("b_latency"))
+    return dict(
+        answer=answer,
+        fence=select(Chunk.status, Chunk.claim_token).where(Chunk.id == bindparam("chunk_id")),
+        still_open=select(Chunk.id).where(Chunk.campaign_id == campaign_id, Chunk.status.in_(OPEN_CHUNK)).limit(1),
+        lock_campaign=select(Campaign.id).where(Campaign.id == campaign_id).with_for_update(),
+        campaign_state=select(Campaign.status, Campaign.ingested_at, Campaign.contacts_valid)
+        .where(Campaign.id == campaign_id))
+
+
+def _build_claim_sql(conn: Connection) -> dict[str, Any]:
     now = bindparam("now", type_=UTCDateTime())
     running = (
         select(Campaign.id, Campaign.survey_id, Campaign.instance_id, Campaign.start_at, Campaign.end_at,
@@ -394,7 +414,7 @@ def _build_claim_sql(conn: Connection) -> ClaimSql:
     slots = (update(PlumAccount).where(PlumAccount.account == bindparam("b_account"))
              .values(rate_next_slot=first + interval * count)
              .returning(PlumAccount.rate_next_slot - interval * count, db_epoch(conn)))
-    return ClaimSql(
+    return dict(
         running=running, ready=ready, to_submitting=to_submitting,
         new_submission=insert(Submission).returning(Submission.id),
         in_flight=select(func.count()).select_from(Chunk).where(Chunk.status == ChunkStatus.SUBMITTING.value),
@@ -448,6 +468,23 @@ def remember_queued(conn: Connection, chunk_id: int, campaign_id: int, now: date
         set_={"campaign_id": statement.excluded.campaign_id, "queued_at": statement.excluded.queued_at}))
 
 
+def remember_recent(conn: Connection, since: datetime) -> int:
+    """Fill ``recent_calls`` with every number queued after ``since`` (from the ledger): the
+    table is written only while the frequency cap is on, so turning the cap on first fills it
+    with what was queued meanwhile. A newer entry already there stays. Returns rows offered."""
+    dialect_insert = postgresql_insert if is_postgres(conn) else sqlite_insert
+    rows = (select(Contact.phone, Contact.campaign_id, Chunk.finished_at)
+            .join(Chunk, Chunk.id == Contact.chunk_id)
+            .where(Chunk.status == ChunkStatus.SUCCEEDED.value, Chunk.finished_at > since,
+                   Contact.status == ContactStatus.QUEUED.value))
+    statement = dialect_insert(RecentCall).from_select(["number", "campaign_id", "queued_at"], rows)
+    result = conn.execute(statement.on_conflict_do_update(
+        index_elements=[RecentCall.number],
+        set_={"campaign_id": statement.excluded.campaign_id, "queued_at": statement.excluded.queued_at},
+        where=RecentCall.queued_at < statement.excluded.queued_at))
+    return int(result.rowcount or 0)
+
+
 def chunk_contacts(conn: Connection, chunk_id: int) -> list[tuple[str, str | None]]:
     """(E.164, packed other columns) of a chunk's contacts, in file order."""
     rows = conn.execute(
@@ -459,17 +496,16 @@ def chunk_contacts(conn: Connection, chunk_id: int) -> list[tuple[str, str | Non
 
 
 def record(conn: Connection, claim: ClaimedChunk, worker: str, result: Any, plan: NextStep,
-           now: datetime, rejection_limit: int = 0) -> NextStep | None:
+           now: datetime, rejection_limit: int = 0, remember_calls: bool = True) -> NextStep | None:
     """The submission row gets the answer; the chunk and its campaign move on. Returns the
-    step applied (it may differ from ``plan``), or None when the chunk is no longer this claim's."""
-    conn.execute(
-        update(Submission).where(Submission.id == claim.submission_id).values(
-            finished_at=now, status_code=result.status_code, outcome=result.outcome.value, error=result.error,
-            response_excerpt=result.excerpt, latency_seconds=result.latency_seconds)
-    )
-    chunk = (conn.execute(
-        select(Chunk.status, Chunk.claim_token).where(Chunk.id == claim.chunk_id)
-    )).first()
+    step applied (it may differ from ``plan``), or None when the chunk is no longer this claim's.
+    ``remember_calls``: write the numbers queued to ``recent_calls`` (the frequency cap is on)."""
+    sql = hot_sql(conn)
+    conn.execute(sql.answer, {
+        "b_id": claim.submission_id, "b_finished_at": now, "b_status_code": result.status_code,
+        "b_outcome": result.outcome.value, "b_error": result.error, "b_excerpt": result.excerpt,
+        "b_latency": result.latency_seconds})
+    chunk = conn.execute(sql.fence, {"chunk_id": claim.chunk_id}).first()
     # The fence: a chunk claimed again since (by any daemon, this one included) is that
     # claim's. Without a new claim our real answer is the truth, even after the chunk was
     # declared unknown, or then resent, cancelled or expired before anyone sent it again.
@@ -481,7 +517,7 @@ def record(conn: Connection, claim: ClaimedChunk, worker: str, result: Any, plan
         plan = NextStep(Step.SUCCEEDED)  # queued: sending it again would call everyone twice
     if plan.step in (Step.SPLIT, Step.REJECTED):
         plan = _unless_everything_is_refused(conn, claim.campaign_id, plan, rejection_limit)
-    apply_step(conn, claim, plan, now)
+    apply_step(conn, claim, plan, now, remember_calls)
     _reopen_if_finished(conn, claim.campaign_id, plan, now)
     refresh_if_settled(conn, claim.campaign_id, now)
     if plan.step is Step.SUCCEEDED:
@@ -523,7 +559,8 @@ FINAL_STEPS = {
 }
 
 
-def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datetime) -> None:
+def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datetime,
+               remember_calls: bool = True) -> None:
     """Move the answered chunk (``submitting``, or ``unknown`` when declared so meanwhile) on."""
     released: dict[str, Any] = dict(lease_owner=None, lease_expires_at=None, last_error=plan.message)
     step = plan.step
@@ -548,7 +585,7 @@ def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datet
         if step is Step.SUCCEEDED:
             released["last_error"] = None
         move(FINAL_STEPS[step], finished_at=now)
-        if step is Step.SUCCEEDED:
+        if step is Step.SUCCEEDED and remember_calls:
             remember_queued(conn, claim.chunk_id, claim.campaign_id, now)
         if step is Step.UNKNOWN:
             reconcile_called(conn, [claim.chunk_id], now)
@@ -634,8 +671,7 @@ def reconcile_called(conn: Connection, chunk_ids: list[int], now: datetime) -> l
 def _complete_if_clean(conn: Connection, campaign_id: int, now: datetime) -> None:
     """A campaign that finished with errors only because of unknown chunks is completed once
     call results reconciled them all."""
-    campaign = conn.execute(select(Campaign.status, Campaign.ingested_at, Campaign.contacts_valid)
-                            .where(Campaign.id == campaign_id)).first()
+    campaign = conn.execute(hot_sql(conn).campaign_state, {"campaign_id": campaign_id}).first()
     if campaign is None or campaign.status != CampaignStatus.COMPLETED_WITH_ERRORS.value:
         return
     counts = dict(conn.execute(select(Chunk.status, func.count()).where(Chunk.campaign_id == campaign_id)
@@ -660,10 +696,8 @@ def refresh_if_settled(conn: Connection, campaign_id: int, now: datetime) -> Non
         # Lock before looking: else this answer and a concurrent close of the unsent chunks (a
         # cancel) each see the other's chunks as still open or not yet answered, both skip or
         # miscount, and the campaign is left with stale counters (seen: 30 queued for 40).
-        conn.execute(select(Campaign.id).where(Campaign.id == campaign_id).with_for_update())
-    still_open = conn.scalar(
-        select(Chunk.id).where(Chunk.campaign_id == campaign_id, Chunk.status.in_(OPEN_CHUNK)).limit(1)
-    )
+        conn.execute(hot_sql(conn).lock_campaign, {"campaign_id": campaign_id})
+    still_open = conn.scalar(hot_sql(conn).still_open, {"campaign_id": campaign_id})
     if still_open is None:
         refresh(conn, campaign_id, now)
 

@@ -91,6 +91,9 @@ class LedgerWrite:
     expired_at: datetime | None = None
     reason: str = ledger.ENDED_REASON  # of an expiry
     database: str = ""  # which database it belongs to (its URL without the password)
+    # The frequency cap is on: write the numbers queued to recent_calls (a replayed answer
+    # always does: harmless, and the cap may have been on when it was sent).
+    remember_calls: bool = True
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def to_json(self) -> str:
@@ -112,7 +115,7 @@ class LedgerWrite:
             return None
         assert self.result is not None and self.plan is not None
         return await repo.record_outcome(self.claim, self.worker, self.result, self.plan, self.now,
-                                         self.rejection_limit)
+                                         self.rejection_limit, self.remember_calls)
 
 
 class Outbox:

@@ -721,10 +721,15 @@ class DaemonQueries(_Store):
             )
 
     async def record_outcome(self, claim: ClaimedChunk, worker: str, result: SubmitResult, plan: NextStep,
-                             now: datetime, rejection_limit: int = 0) -> NextStep | None:
+                             now: datetime, rejection_limit: int = 0, remember_calls: bool = True) -> NextStep | None:
         """The submission row gets the answer; the chunk and campaign move on, in one transaction.
-        Returns the step applied (None: the chunk is no longer this claim's)."""
-        return await self._ledger(ledger.record, claim, worker, result, plan, now, rejection_limit)
+        Returns the step applied (None: the chunk is no longer this claim's). ``remember_calls``:
+        the frequency cap is on, so the numbers queued go to ``recent_calls``."""
+        return await self._ledger(ledger.record, claim, worker, result, plan, now, rejection_limit, remember_calls)
+
+    async def remember_recent_calls(self, since: datetime) -> int:
+        """The frequency cap was turned on: ``recent_calls`` learns what was queued since ``since``."""
+        return await self._ledger(ledger.remember_recent, since)
 
     # -- admin decisions about unknown chunks ----------------------------------------
 

@@ -28,7 +28,7 @@ from .journal import Journal, journal_path
 from .outbox import DatabaseHealth, Outbox, replay, unreachable
 from .errors import CampaignGone, ConfigError, DatabaseError, IngestionLost, NotFound, UserError
 from .metrics import Metrics
-from .ingest import ingest_campaign, replan_window
+from .ingest import ingest_campaign, recent_since, replan_window
 from .insight import InsightClient
 from .logs import SecretFilter, configure_logging
 from .models import Campaign
@@ -65,6 +65,7 @@ class Daemon:
         self.stopped = asyncio.Event()
         self.last_tick_at: datetime | None = None
         self._ingesting: dict[int, asyncio.Task[bool]] = {}
+        self._recent_calls_known = False  # recent_calls learnt from the ledger (frequency cap on)
         self._finished: set[int] = set()  # campaigns seen final this tick: their ledger is checked
         self.repo: Repository | None = None
         self.dispatcher: Dispatcher | None = None
@@ -231,6 +232,8 @@ class Daemon:
         if settings.database.url != self.settings.database.url:
             log.warning("SIGHUP: database.url changes need a restart; keeping %s", db.safe_url(self.settings.database.url))
             settings = settings.model_copy(update={"database": self.settings.database})
+        if settings.contacts.min_hours_between_calls > self.settings.contacts.min_hours_between_calls:
+            self._recent_calls_known = False  # learn the newly covered hours at the next tick
         self.settings = settings
         if self.secret_filter is not None:
             configure_logging(settings, self.secret_filter)
@@ -265,6 +268,7 @@ class Daemon:
         await self.dispatcher.save_breaker()
         await self.repo.housekeeping(now, self.dispatcher.breaker.since)
         await self._verify_finished()
+        await self._remember_recent_calls(now)
         await self._roll_windows(now)
         lease_until = now + timedelta(seconds=self.settings.scheduler.lease_seconds)
         for campaign in await self.repo.campaigns_to_start(now, self.worker):
@@ -278,6 +282,19 @@ class Daemon:
         self.last_tick_at = now
         self.dispatcher.wake()
         await self._update_metrics(now)
+
+    async def _remember_recent_calls(self, now: datetime) -> None:
+        """Answers write ``recent_calls`` only while the frequency cap is on (it cost more than
+        the rest of an answer's bookkeeping); once after the cap is on, at start or on SIGHUP,
+        the table learns from the ledger what was queued within the cap's hours."""
+        assert self.repo is not None
+        since = recent_since(self.settings, now)
+        if since is None or self._recent_calls_known:
+            return
+        offered = await self.repo.remember_recent_calls(since)
+        self._recent_calls_known = True
+        log.info("frequency cap on (%s h): %d number(s) queued within it learnt from the ledger",
+                 self.settings.contacts.min_hours_between_calls, offered)
 
     async def _review_campaigns(self, now: datetime) -> None:
         """What admins did since the last tick, each logged once by one daemon: deleted rows,
