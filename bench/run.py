@@ -755,7 +755,7 @@ def profiled(proc: subprocess.Popen, name: str) -> subprocess.Popen | None:
     folder = os.environ.get("BENCH_PROFILE")
     if not folder:
         return None
-    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--threads",
+    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--threads", "--gil",
                              "--rate", "250", "--format", "raw", "-o", f"{folder}/{name}.txt", "--pid",
                              str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -1026,10 +1026,22 @@ async def replicas_debug(conn, campaign_id: int, requests: list[dict], first: fl
 # -- 12. daemon CPU per request ----------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """A process's CPU time (user + system, all threads) from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, task: str = "") -> float:
+    """A process's (or one of its threads') CPU time, user + system, from /proc."""
+    fields = Path(f"/proc/{pid}{task}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds by thread: the event loop's ("main") and each other's (by thread id)."""
+    found: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = "main" if task.name == str(pid) else f"thread {task.name}"
+            found[name] = found.get(name, 0.0) + cpu_seconds(pid, f"/task/{task.name}")
+        except OSError:
+            continue  # the thread ended meanwhile
+    return found
 
 
 async def send_path_cpu(workdir: Path, chunk: int, in_flight: int, requests: int) -> Row:
@@ -1060,9 +1072,9 @@ async def send_path_cpu(workdir: Path, chunk: int, in_flight: int, requests: int
                 stats = await sim.stats()
                 daemon_cpu, sim_cpu = cpu_seconds(proc.pid), cpu_seconds(sim.proc.pid)
                 if first_cpu is None and stats["requests"] >= 1:
-                    first_cpu, first_count = (daemon_cpu, sim_cpu), stats["requests"]
+                    first_cpu, first_count, first_threads = (daemon_cpu, sim_cpu), stats["requests"], thread_cpu(proc.pid)
                 if stats["requests"] >= requests:
-                    last_cpu, last_count = (daemon_cpu, sim_cpu), stats["requests"]
+                    last_cpu, last_count, last_threads = (daemon_cpu, sim_cpu), stats["requests"], thread_cpu(proc.pid)
                 await asyncio.sleep(0.02)
             while (await repo.get_campaign(row.id)).status not in FINAL:
                 await asyncio.sleep(0.05)
@@ -1073,6 +1085,10 @@ async def send_path_cpu(workdir: Path, chunk: int, in_flight: int, requests: int
                 spy.wait(60)
     counted = last_count - first_count
     daemon_ms = (last_cpu[0] - first_cpu[0]) / counted * 1000
+    if os.environ.get("BENCH_DEBUG"):
+        print(f"row 12, chunk {chunk}: daemon CPU ms per request by thread: " + ", ".join(
+            f"{name} {(seconds - first_threads.get(name, 0.0)) / counted * 1000:.2f}"
+            for name, seconds in sorted(last_threads.items(), key=lambda item: -item[1])), file=sys.stderr)
     sim_ms = (last_cpu[1] - first_cpu[1]) / counted * 1000
     achieved, ideal = achieved_rate(stats), in_flight / latency
     goal_ms = 2.0 if chunk <= 100 else 4.0

@@ -34,6 +34,7 @@ _SEPARATOR_WORDS = {",": "comma", ";": "semicolon", "\t": "tab"}
 # unit separator, ~10x cheaper than JSON for a million rows; values that contain
 # a separator themselves fall back to JSON behind a record-separator mark.
 _UNIT, _RECORD = "\x1f", "\x1e"
+PACKED_UNIT, PACKED_RECORD = _UNIT, _RECORD  # how other columns are packed (chunking writes them back)
 
 
 def pack_extra(values: Sequence[str]) -> str:

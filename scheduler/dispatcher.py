@@ -22,18 +22,17 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import windows
 from .breaker import Breaker, Change, Health, Permit, account_key, health_of
-from .chunking import chunk_csv
+from .chunking import packed_chunk_csv
 from .callbacks import signed_url
 from .config import Settings
-from .contacts import unpack_extra
 from .errors import DatabaseError, InvalidRequest
 from .ingest import recent_since
 from .insight import BulkQueueRequest, InsightClient, SubmitResult
 from .metrics import Metrics
 from .models import Outcome
 from .ratelimit import ClockOffset, RateLimiter
-from .ledger import (ACCOUNT_FULL, ENDED_REASON, SLOT_BUILD_SECONDS, AccountFull, AccountLimits, ClaimedChunk,
-                     ClaimTimes, Slot, outage_note)
+from .ledger import (ACCOUNT_FULL, ENDED_REASON, SLOT_BUILD_SECONDS, AccountFull, AccountLimits, ChunkRows,
+                     ClaimedChunk, ClaimTimes, Slot, outage_note)
 from .outbox import DatabaseHealth, LedgerWrite, Outbox, unreachable
 from .repository import Repository, utcnow
 from .retry import NextStep, Step, during_outage, next_step, plum_said
@@ -185,16 +184,16 @@ class Dispatcher:
                 await self._idle()
             return
         self.outbox.health.ok()
-        self._last_campaign_id = claims[-1].campaign_id
-        for claim in claims:
-            self._start_sending(claim, permit)
+        self._last_campaign_id = claims[-1][0].campaign_id
+        for claim, rows in claims:
+            self._start_sending(claim, rows, permit)
 
-    def _start_sending(self, claim: ClaimedChunk, permit: Permit) -> None:
+    def _start_sending(self, claim: ClaimedChunk, rows: ChunkRows, permit: Permit) -> None:
         slot = self._local_slot(claim.slot)
         self._next_slot = slot + self.limiter.interval_seconds
         if permit is Permit.PROBE:
             self._note_probe(claim)
-        task = asyncio.get_running_loop().create_task(self._send(claim, slot, permit))
+        task = asyncio.get_running_loop().create_task(self._send(claim, rows, slot, permit))
         self._in_flight.add(task)
         self.metrics.in_flight.set(len(self._in_flight))
         task.add_done_callback(self._finished)
@@ -262,7 +261,7 @@ class Dispatcher:
     def limits(self) -> AccountLimits:
         return AccountLimits(self.account, self.limiter.interval_seconds, self.settings.submission.max_concurrency)
 
-    async def _claim_shielded(self, most: int) -> list[ClaimedChunk] | AccountFull:
+    async def _claim_shielded(self, most: int) -> list[tuple[ClaimedChunk, ChunkRows]] | AccountFull:
         # Claims that committed must not be lost to a cancellation: give them back.
         now = self.clock()
         lease = timedelta(seconds=self.settings.insight.timeout_seconds + LEASE_SLACK_SECONDS)
@@ -276,7 +275,7 @@ class Dispatcher:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             claims = await task
-            for claim in claims if isinstance(claims, list) else []:
+            for claim, _ in claims if isinstance(claims, list) else []:
                 await self._release(claim)
             raise
 
@@ -334,12 +333,12 @@ class Dispatcher:
         await self.outbox.write(LedgerWrite("release", claim, self.clock(), worker=self.worker,
                                             expired_at=expired_at, reason=reason))
 
-    async def _send(self, claim: ClaimedChunk, slot: float, permit: Permit = Permit.NORMAL) -> None:
+    async def _send(self, claim: ClaimedChunk, rows: ChunkRows, slot: float, permit: Permit = Permit.NORMAL) -> None:
         started = asyncio.get_running_loop().time()
         now = self.clock()
         try:
             closed = int(claim.call_window(now)[1].timestamp()) <= int(now.timestamp()) + 1
-            request = None if closed else await self._build_request(claim)
+            request = None if closed else self._build_request(claim, rows)
         except Exception:  # noqa: BLE001 - a bug here must not leave a never-sent chunk `submitting`
             log.exception("campaign %s chunk %s: the request could not be built; the chunk is given back "
                           "unsent", claim.campaign_id, claim.chunk_id)
@@ -382,16 +381,11 @@ class Dispatcher:
         except InvalidRequest as exc:
             return SubmitResult(Outcome.CLIENT_BUG, None, f"request refused before sending: {exc}", None, 0.0)
 
-    async def _build_request(self, claim: ClaimedChunk) -> BulkQueueRequest:
-        rows = await self.repo.chunk_contacts(claim.chunk_id)
+    def _build_request(self, claim: ClaimedChunk, rows: ChunkRows) -> BulkQueueRequest:
         start, end = claim.call_window(self.clock())
         names = json.loads(claim.contacts_header or '{"extra": []}')["extra"]
-        csv_bytes = chunk_csv(
-            self.settings.insight.phone_column,
-            names,
-            ((phone, unpack_extra(extra, len(names))) for phone, extra in rows),
-            self.settings.insight.number_format,
-        )
+        csv_bytes = packed_chunk_csv(self.settings.insight.phone_column, names, rows,
+                                     self.settings.insight.number_format)
         return BulkQueueRequest(
             survey_id=claim.survey_id,
             instance_id=claim.instance_id,

@@ -14,6 +14,7 @@ import io
 import json
 import re
 import time
+import uuid
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -190,6 +191,22 @@ def _check_csv(data: bytes, phone_column: str) -> None:
         raise InvalidRequest("csv", "has a header but no contacts")
 
 
+def multipart_body(request: BulkQueueRequest) -> tuple[str, bytes]:
+    """The request's multipart/form-data body (the CSV as a file, then the other fields) and its
+    Content-Type. Written out as bytes: aiohttp's FormData machinery cost more CPU than the
+    rest of sending a request; plain bytes can also be sent again as they are."""
+    boundary = uuid.uuid4().hex
+    while boundary.encode("ascii") in request.csv_bytes:  # never in practice; never wrong either
+        boundary = uuid.uuid4().hex
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="csv"; filename="{CSV_FILENAME}"\r\n'
+             f"Content-Type: text/csv\r\n\r\n".encode("ascii"), request.csv_bytes, b"\r\n"]
+    for name, value in request.form_fields().items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode("ascii"))
+        parts += [value.encode("utf-8"), b"\r\n"]
+    parts.append(f"--{boundary}--\r\n".encode("ascii"))
+    return f"multipart/form-data; boundary={boundary}", b"".join(parts)
+
+
 # -- the client ------------------------------------------------------------------
 
 
@@ -233,14 +250,6 @@ class InsightClient:
     def url(self, survey_id: str, instance_id: str) -> str:
         return f"{self.settings.base_url.rstrip('/')}/surveys/{survey_id}/{instance_id}/bulk_queue"
 
-    def _form(self, request: BulkQueueRequest) -> aiohttp.FormData:
-        # Built anew for every attempt: aiohttp consumes a FormData when sending.
-        form = aiohttp.FormData()
-        form.add_field("csv", request.csv_bytes, filename=CSV_FILENAME, content_type="text/csv")
-        for name, value in request.form_fields().items():
-            form.add_field(name, value)
-        return form
-
     def _authorization(self) -> str:
         secret = f"{self.settings.username}:{self.settings.developer_key.get_secret_value()}"
         return "Basic " + base64.b64encode(secret.encode("utf-8")).decode("ascii")
@@ -249,12 +258,14 @@ class InsightClient:
         check_request(request, self.settings)
         self.open()
         assert self._session is not None
+        content_type, form = multipart_body(request)
         started = time.monotonic()
         try:
             async with self._session.post(
                 self.url(request.survey_id, request.instance_id),
-                data=self._form(request),
-                headers={"Accept": "application/json", "Authorization": self._authorization()},
+                data=form,
+                headers={"Accept": "application/json", "Authorization": self._authorization(),
+                         "Content-Type": content_type},
                 allow_redirects=False,
                 timeout=self._timeout(),
             ) as response:

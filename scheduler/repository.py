@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Collection, NamedTuple, Sequence, TypeVar
 
 from sqlalchemy import and_, case, delete, func, insert, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -178,12 +178,16 @@ class _Store:
             asyncio.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext())
         self._sqlite_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._sqlite_sync: Engine | None = None
+        self._thread_conn: Connection | None = None  # the ledger thread's own
 
     async def close(self) -> None:
         """Release the ledger thread, its SQLite engine and the engine (idempotent)."""
         pool, self._sqlite_pool = self._sqlite_pool, None
         if pool is not None:
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, True)
+        conn, self._thread_conn = self._thread_conn, None
+        if conn is not None:
+            conn.close()
         sync, self._sqlite_sync = self._sqlite_sync, None
         if sync is not None:
             sync.dispose()
@@ -221,12 +225,15 @@ class _Store:
         return self._sqlite_pool
 
     def _in_sqlite_thread(self, function: Callable[..., T], args: tuple[Any, ...], read_only: bool) -> T:
-        assert self._sqlite_sync is not None
-        with self._sqlite_sync.connect() as conn:
-            if read_only:
-                conn = conn.execution_options(**{READ_ONLY: True})
-            with conn.begin():
-                return function(conn, *args)
+        # The thread keeps its connection: a pool checkout and its reset for every transaction
+        # cost about as much as a claim's statements.
+        conn = self._thread_conn
+        if conn is None or conn.closed or conn.invalidated:
+            assert self._sqlite_sync is not None
+            conn = self._thread_conn = self._sqlite_sync.connect()
+        conn.execution_options(**{READ_ONLY: read_only})
+        with conn.begin():
+            return function(conn, *args)
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:
@@ -672,10 +679,11 @@ class DaemonQueries(_Store):
     async def claim_chunks(
         self, worker: str, times: ledger.ClaimTimes, after_campaign_id: int, recent_since: datetime | None,
         limits: ledger.AccountLimits | None, most: int,
-    ) -> list[ClaimedChunk] | ledger.AccountFull:
+    ) -> list[tuple[ClaimedChunk, ledger.ChunkRows]] | ledger.AccountFull:
         """Up to ``most`` chunks in one transaction (see ``claim_next_chunk``), each with its own
-        send slot; never more than the account's free places in flight."""
-        return await self._ledger(ledger.claim_batch, worker, times, after_campaign_id, recent_since, limits, most)
+        send slot and the contacts to send; never more than the account's free places in flight."""
+        return await self._ledger(ledger.claim_to_send, worker, times, after_campaign_id, recent_since, limits,
+                                  most)
 
     async def database_clock(self) -> float:
         """The database's clock (Unix seconds), to learn its offset from this host's."""

@@ -3,7 +3,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from scheduler.chunking import chunk_csv, format_number, halves
+from hypothesis import given, settings, strategies as st
+
+from scheduler.chunking import chunk_csv, format_number, halves, packed_chunk_csv
+from scheduler.contacts import pack_extra
 from scheduler.config import RetrySettings
 from scheduler.contacts import ParsedContact
 from scheduler.ingest import ChunkAssigner
@@ -14,6 +17,21 @@ from scheduler.retry import Step, next_step
 def test_chunk_csv_puts_the_phone_first_and_quotes_what_needs_it():
     data = chunk_csv("phone_number", ["name", "note"], [("+16172531000", ["Zoë", 'says "hi", ok'])])
     assert data.decode() == 'phone_number,name,note\n+16172531000,Zoë,"says ""hi"", ok"\n'
+
+
+FIELD = st.text(alphabet=st.sampled_from(list('ab ,"\r\n\x1f\x1eé;\t\'')), max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 4).flatmap(lambda n: st.tuples(
+    st.just(n), st.lists(st.lists(FIELD, min_size=n, max_size=n), max_size=5))),
+    st.sampled_from(["e164", "tel", "digits"]))
+def test_packed_rows_are_written_exactly_as_chunk_csv_writes_them(shape, fmt):
+    count, rows = shape
+    names = [f"c{i}" for i in range(count)]
+    packed = [("+16172531000", pack_extra(values) if count else None) for values in rows]
+    assert packed_chunk_csv("phone_number", names, packed, fmt) == chunk_csv(
+        "phone_number", names, [("+16172531000", values) for values in rows], fmt)
 
 
 @pytest.mark.parametrize("fmt, out", [("e164", "+16172531000"), ("tel", "tel:+16172531000"), ("digits", "16172531000")])
