@@ -103,7 +103,7 @@ class SubmissionSettings(_Section):
     # window Plum sees within the limit.
     # 0.03: with several daemons each one's wake-up jitter adds up; 0.01 let 21 into one second
     # at R=20 on a loaded 2-core machine (three daemons and CI). Costs ~3% of throughput.
-    rate_limit_margin_seconds: float = Field(0.03, ge=0, le=0.5)
+    rate_limit_margin_seconds: float = Field(0.01, ge=0, le=0.5)
     # A campaign whose first this-many requests are all refused (400) is paused instead of
     # split further (0: never); one accepted request disarms it.
     max_rejections_without_success: int = Field(20, ge=0)

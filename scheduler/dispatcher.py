@@ -49,6 +49,9 @@ LEASE_SLACK_SECONDS = 60
 # interval would be 20 s).
 CLAIM_LEAD_SECONDS = 0.25
 CLAIM_TIME_SMOOTHING = 0.2
+# Extra lead while no place in flight was short for PLACES_MEMORY_SECONDS (see _claim_lead).
+SPARE_LEAD_SECONDS = 0.02
+PLACES_MEMORY_SECONDS = 1.0
 CLOCK_SAMPLES = 8
 # With the account's requests all out (perhaps other daemons'), how often to look again.
 ROOM_POLL_SECONDS = 0.05
@@ -95,6 +98,7 @@ class Dispatcher:
         self._next_slot = 0.0  # loop time: this daemon's estimate of the account's next free slot
         self._db_clock = ClockOffset()
         self._claim_seconds = 0.01  # smoothed duration of a claim transaction
+        self._places_short_at = 0.0  # loop time: the last time every place in flight was taken
         self._loop_task: asyncio.Task[Any] | None = None
 
     # -- control -----------------------------------------------------------------
@@ -211,8 +215,12 @@ class Dispatcher:
     def _claim_lead(self) -> float:
         # As long before the slot as a claim takes (twice, for safety), plus the time to build
         # the request. Earlier wastes a place; later, and the database books a later slot
-        # (never one that has passed), which costs throughput.
-        return min(CLAIM_LEAD_SECONDS, 2 * self._claim_seconds + SLOT_BUILD_SECONDS + 0.005)
+        # (never one that has passed), which costs throughput. While places are plentiful an
+        # early claim wastes nothing, and a late one (a busy loop or ledger thread) costs rate.
+        lead = 2 * self._claim_seconds + SLOT_BUILD_SECONDS + 0.005
+        if asyncio.get_running_loop().time() - self._places_short_at > PLACES_MEMORY_SECONDS:
+            lead += SPARE_LEAD_SECONDS
+        return min(CLAIM_LEAD_SECONDS, lead)
 
     async def _near_rate_slot(self) -> None:
         """Sleep until shortly before the account's next free slot. At low rates the database is
@@ -252,6 +260,7 @@ class Dispatcher:
     async def _wait_for_room(self) -> None:
         """The account has max_concurrency requests out (maybe other daemons'): wait for one of
         ours to end, or a short while for theirs."""
+        self._places_short_at = asyncio.get_running_loop().time()
         self._slot_freed.clear()
         try:
             await asyncio.wait_for(self._slot_freed.wait(), ROOM_POLL_SECONDS)
@@ -310,6 +319,7 @@ class Dispatcher:
 
     async def _wait_for_slot(self) -> None:
         while len(self._in_flight) >= self.settings.submission.max_concurrency and not self._stopping:
+            self._places_short_at = asyncio.get_running_loop().time()
             self._slot_freed.clear()
             await self._slot_freed.wait()
 
