@@ -52,6 +52,8 @@ CLAIM_TIME_SMOOTHING = 0.2
 # Extra lead while no place in flight was short for PLACES_MEMORY_SECONDS (see _claim_lead).
 SPARE_LEAD_SECONDS = 0.02
 PLACES_MEMORY_SECONDS = 1.0
+# A request leaving later than this after its slot moves the account's schedule (_push_if_late).
+LATE_PUSH_SECONDS = 0.002
 CLOCK_SAMPLES = 8
 # With the account's requests all out (perhaps other daemons'), how often to look again.
 ROOM_POLL_SECONDS = 0.05
@@ -91,6 +93,7 @@ class Dispatcher:
             settings.submission.rate_limit_per_second, settings.submission.rate_limit_margin_seconds
         )
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._pushes: set[asyncio.Task[None]] = set()  # late requests moving the schedule back
         self._slot_freed = asyncio.Event()
         self._wake = asyncio.Event()
         self._stopping = False
@@ -386,10 +389,30 @@ class Dispatcher:
         if self._stopping or not self.breaker.still_permits(permit):
             return None
         sent.append(True)  # from here the request may reach Plum: a cancellation means unknown
+        loop = asyncio.get_running_loop()
         try:
-            return await self.client.bulk_queue(request)
+            return await self.client.bulk_queue(request, lambda: self._push_if_late(loop.time() - slot))
         except InvalidRequest as exc:
             return SubmitResult(Outcome.CLIENT_BUG, None, f"request refused before sending: {exc}", None, 0.0)
+
+    def _push_if_late(self, late_seconds: float) -> None:
+        """A request that left (its headers written) later than its slot moves the account's later
+        slots back as much:
+        else, R slots on, another daemon's on-time request would put R + 1 requests in one second
+        (the margin absorbs only a little lateness). Booked slots keep their time; a daemon
+        that booked one is at most a few slots ahead, far fewer than R."""
+        if late_seconds <= LATE_PUSH_SECONDS:
+            return
+        self._next_slot += late_seconds
+        task = asyncio.get_running_loop().create_task(self._push_schedule(late_seconds))
+        self._pushes.add(task)
+        task.add_done_callback(self._pushes.discard)
+
+    async def _push_schedule(self, seconds: float) -> None:
+        try:
+            await self.repo.push_rate_schedule(self.account, seconds)
+        except (DatabaseError, SQLAlchemyError, OSError) as exc:  # the claim loop reports the database
+            log.debug("could not move the account's rate schedule by %.3f s: %s", seconds, exc)
 
     def _build_request(self, claim: ClaimedChunk, rows: ChunkRows) -> BulkQueueRequest:
         start, end = claim.call_window(self.clock())

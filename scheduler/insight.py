@@ -19,7 +19,8 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, Callable
 
 import aiohttp
 
@@ -232,7 +233,9 @@ class InsightClient:
         # server has just closed fails after our body may have been read, which
         # would turn a harmless race into an "unknown" chunk.
         connector = aiohttp.TCPConnector(limit=self._max_concurrency, force_close=True, ssl=True)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout())
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(_headers_sent)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout(), trace_configs=[trace])
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         connect = min(self.settings.connect_timeout_seconds, self.settings.timeout_seconds)
@@ -254,7 +257,9 @@ class InsightClient:
         secret = f"{self.settings.username}:{self.settings.developer_key.get_secret_value()}"
         return "Basic " + base64.b64encode(secret.encode("utf-8")).decode("ascii")
 
-    async def bulk_queue(self, request: BulkQueueRequest) -> SubmitResult:
+    async def bulk_queue(self, request: BulkQueueRequest, on_sent: Callable[[], None] | None = None) -> SubmitResult:
+        """POST the request; ``on_sent`` is called the moment its headers are written (when it
+        has left, as far as this host can tell)."""
         check_request(request, self.settings)
         self.open()
         assert self._session is not None
@@ -268,11 +273,19 @@ class InsightClient:
                          "Content-Type": content_type},
                 allow_redirects=False,
                 timeout=self._timeout(),
+                trace_request_ctx=on_sent,
             ) as response:
                 body = await _read_bounded(response)
                 return _result_from_response(response, body, time.monotonic() - started)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an outcome
             return result_from_exception(exc, time.monotonic() - started)
+
+
+async def _headers_sent(session: aiohttp.ClientSession, context: SimpleNamespace,
+                        params: aiohttp.TraceRequestHeadersSentParams) -> None:
+    on_sent = context.trace_request_ctx
+    if on_sent is not None:
+        on_sent()
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> str:

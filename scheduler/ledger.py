@@ -166,6 +166,12 @@ def take_slots(conn: Connection, limits: AccountLimits, count: int = 1) -> list[
     return [Slot(at + i * limits.interval_seconds, now) for i in range(count)]
 
 
+def push_schedule(conn: Connection, account: str, seconds: float) -> None:
+    """Move the account's next free slot back by ``seconds`` (a request left that late)."""
+    conn.execute(update(PlumAccount).where(PlumAccount.account == account)
+                 .values(rate_next_slot=PlumAccount.rate_next_slot + seconds))
+
+
 def database_clock(conn: Connection) -> float:
     """The database's clock now (Unix seconds)."""
     return float(conn.scalar(select(db_epoch(conn))) or 0.0)

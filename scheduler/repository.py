@@ -685,6 +685,10 @@ class DaemonQueries(_Store):
         return await self._ledger(ledger.claim_to_send, worker, times, after_campaign_id, recent_since, limits,
                                   most)
 
+    async def push_rate_schedule(self, account: str, seconds: float) -> None:
+        """A request left ``seconds`` after its slot: the account's later slots move as much."""
+        await self._ledger(ledger.push_schedule, account, seconds)
+
     async def database_clock(self) -> float:
         """The database's clock (Unix seconds), to learn its offset from this host's."""
         return await self._ledger(ledger.database_clock, read_only=True)

@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import REPO_ROOT, _truncate_pg, repository_at
 from tests.e2e.test_daemon_process import start_daemon, write_config
-from tests.support.harness import campaign, e164, rows, scalar, simulator, valid_numbers, wait_for, write_contacts
+from tests.support.harness import (campaign, e164, rows, scalar, simulator, simulator_process, valid_numbers, wait_for,
+                                   write_contacts)
 
 FINAL = {"completed", "completed_with_errors", "failed", "cancelled"}
 RATE, IN_FLIGHT = 20, 4
@@ -49,11 +50,11 @@ def account_wide(stats):
 
 async def accounted(repo, numbers, sim) -> int:
     """Every valid contact queued or in an unknown chunk; nothing queued twice. Returns the unknown chunks."""
-    assert sim.stats()["numbers_queued_more_than_once"] == 0
+    assert (await sim.stats())["numbers_queued_more_than_once"] == 0
     queued = {p for (p,) in await rows(repo, "SELECT phone FROM contacts WHERE status = 'queued'")}
     unknown = {p for (p,) in await rows(repo, "SELECT phone FROM contacts WHERE status = 'unknown'")}
     assert queued | unknown == {e164(n) for n in numbers}
-    assert queued <= set(sim.queued_numbers) <= queued | unknown
+    assert queued <= set(await sim.queued_numbers()) <= queued | unknown
     return await scalar(repo, "SELECT count(*) FROM chunks WHERE status = 'unknown'")
 
 
@@ -68,12 +69,12 @@ async def test_three_daemons_share_the_limits_and_one_killed_is_taken_over(pg_re
     repo = pg_repo
     numbers = valid_numbers(3000, seed=3)
     contacts = write_contacts(tmp_path / "c.csv", numbers)
-    async with simulator(latency_mean_seconds=0.15, latency_jitter_seconds=0.05) as sim:
+    async with simulator_process(latency_mean_seconds=0.15, latency_jitter_seconds=0.05) as sim:
         row = await repo.create_campaign(campaign(contacts))
         procs = [await start_daemon(config_for(tmp_path, f"d{i}", pg_url, sim.base_url), tmp_path / f"d{i}.log")
                  for i in range(3)]
         try:
-            while len(sim.requests) < 40:
+            while await sim.request_count() < 40:
                 await asyncio.sleep(0.02)
             [(dead,)] = await rows(repo, "SELECT worker_id FROM workers WHERE pid = :pid", pid=procs[0].pid)
             procs[0].send_signal(signal.SIGKILL)
@@ -88,7 +89,8 @@ async def test_three_daemons_share_the_limits_and_one_killed_is_taken_over(pg_re
             done = await wait_for(repo, row.id, FINAL, timeout=60)
         finally:
             await stop_all(procs)
-        stats = sim.stats()
+        stats = await sim.stats()
+        unknown = await accounted(repo, numbers, sim)
     states = {w["pid"]: w["state"] for w in listed}
     assert states == {procs[0].pid: "dead", procs[1].pid: "alive", procs[2].pid: "alive"}, listed
     assert all(w["host"] and w["version"] and w["started_at"] and w["last_tick_at"] for w in listed)
@@ -96,7 +98,6 @@ async def test_three_daemons_share_the_limits_and_one_killed_is_taken_over(pg_re
     per_second, in_flight = account_wide(stats)
     assert per_second <= RATE, stats
     assert in_flight <= IN_FLIGHT, stats
-    unknown = await accounted(repo, numbers, sim)
     assert unknown <= IN_FLIGHT
     assert done.status in ("completed", "completed_with_errors")
     # the dead daemon's claims were declared unknown within 3 poll intervals (0.2 s) and a tick,
@@ -110,11 +111,11 @@ async def test_a_daemon_joining_mid_run_adds_no_burst(pg_repo, pg_url, tmp_path)
     repo = pg_repo
     numbers = valid_numbers(1500, seed=4)
     contacts = write_contacts(tmp_path / "c.csv", numbers)
-    async with simulator(latency_mean_seconds=0.1) as sim:
+    async with simulator_process(latency_mean_seconds=0.1) as sim:
         row = await repo.create_campaign(campaign(contacts))
         procs = [await start_daemon(config_for(tmp_path, "first", pg_url, sim.base_url), tmp_path / "first.log")]
         try:
-            while len(sim.requests) < 30:
+            while await sim.request_count() < 30:
                 await asyncio.sleep(0.02)
             for name in ("second", "third"):
                 procs.append(await start_daemon(config_for(tmp_path, name, pg_url, sim.base_url),
@@ -122,22 +123,22 @@ async def test_a_daemon_joining_mid_run_adds_no_burst(pg_repo, pg_url, tmp_path)
             done = await wait_for(repo, row.id, FINAL, timeout=60)
         finally:
             await stop_all(procs)
-        stats = sim.stats()
+        stats = await sim.stats()
+        assert await accounted(repo, numbers, sim) == 0
     assert done.status == "completed", done.last_error
     assert account_wide(stats)[0] <= RATE and account_wide(stats)[1] <= IN_FLIGHT, stats
-    assert await accounted(repo, numbers, sim) == 0
 
 
 async def test_a_daemon_restarted_at_once_after_kill_9_adds_no_burst(pg_repo, pg_url, tmp_path):
     repo = pg_repo
     numbers = valid_numbers(1500, seed=5)
     contacts = write_contacts(tmp_path / "c.csv", numbers)
-    async with simulator(latency_mean_seconds=0.1) as sim:
+    async with simulator_process(latency_mean_seconds=0.1) as sim:
         row = await repo.create_campaign(campaign(contacts))
         config = config_for(tmp_path, "solo", pg_url, sim.base_url)
         procs = [await start_daemon(config, tmp_path / "solo.log")]
         try:
-            while len(sim.requests) < 30:
+            while await sim.request_count() < 30:
                 await asyncio.sleep(0.02)
             procs[0].send_signal(signal.SIGKILL)
             await procs[0].wait()
@@ -145,10 +146,10 @@ async def test_a_daemon_restarted_at_once_after_kill_9_adds_no_burst(pg_repo, pg
             done = await wait_for(repo, row.id, FINAL, timeout=60)
         finally:
             await stop_all(procs)
-        stats = sim.stats()
+        stats = await sim.stats()
+        assert await accounted(repo, numbers, sim) <= IN_FLIGHT
     assert done.status in ("completed", "completed_with_errors")
     assert account_wide(stats)[0] <= RATE and account_wide(stats)[1] <= IN_FLIGHT, stats
-    assert await accounted(repo, numbers, sim) <= IN_FLIGHT
 
 
 async def test_a_daemon_killed_while_ingesting_is_taken_over_within_three_polls(pg_repo, pg_url, tmp_path):

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import os
 import random
+import socket
+import sys
+from collections import Counter
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import aiohttp
 import phonenumbers
 from sqlalchemy import text
 
@@ -73,6 +80,62 @@ async def simulator(**settings):
         yield sim
     finally:
         await sim.stop()
+
+
+@dataclass
+class SimulatorProcess:
+    """The simulator in a process of its own (``insight-scheduler simulate``), as Plum is: when
+    requests arrive is then not delayed by the test's own event loop (which also polls the
+    database), so per-second counts measure the daemons, not the test."""
+
+    port: int
+    proc: asyncio.subprocess.Process
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    async def _get(self, path: str) -> Any:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{self.port}{path}") as response:
+                return await response.json()
+
+    async def stats(self) -> dict[str, Any]:
+        return dict(await self._get("/_stats"))
+
+    async def request_count(self) -> int:
+        return int((await self.stats())["requests"])
+
+    async def queued_numbers(self) -> Counter[str]:
+        return Counter(n for r in await self._get("/_requests") if r["queued"] for n in r["numbers"])
+
+
+@asynccontextmanager
+async def simulator_process(**flags: float) -> AsyncIterator[SimulatorProcess]:
+    """``simulator()`` in its own process; ``flags`` are ``simulate``'s options (latency_mean_seconds=0.1)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    options = [item for name, value in flags.items() for item in (f"--{name.replace('_', '-')}", str(value))]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "INSIGHT_DEVELOPER_KEY": "right-key"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "scheduler", "simulate", "--port", str(port), "--seed", "5", *options, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    sim = SimulatorProcess(port, proc)
+    try:
+        for _ in range(300):
+            try:
+                await sim.stats()
+                break
+            except aiohttp.ClientError:
+                if proc.returncode is not None:
+                    raise AssertionError("the simulator process exited at start") from None
+                await asyncio.sleep(0.05)
+        yield sim
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await proc.wait()
 
 
 @asynccontextmanager
