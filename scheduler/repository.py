@@ -44,6 +44,7 @@ from .ledger import ClaimedChunk
 from .retry import NextStep
 from .stored_files import PackedFile
 from .verify import VerifyQueries
+from .console.queries import ConsoleQueries
 
 if TYPE_CHECKING:
     from .breaker import Snapshot as AccountState
@@ -315,12 +316,16 @@ class AdminQueries(_Store):
                 await self._refresh(session, campaign_id, now)
         return row
 
-    async def campaign_report(self, campaign_id: int) -> CampaignReport:
+    async def campaign_report(self, campaign_id: int, count_contacts: bool = True) -> CampaignReport:
+        """``count_contacts=False`` leaves contacts_by_status empty: it reads every contact row of the
+        campaign (the console's live page reads the campaign's counters instead)."""
         campaign = await self.get_campaign(campaign_id)
         report = CampaignReport(campaign=campaign)
         async with self._read() as session:
             report.chunks_by_status = await _count_by(session, Chunk.status, Chunk.campaign_id == campaign_id)
-            report.contacts_by_status = await _count_by(session, Contact.status, Contact.campaign_id == campaign_id)
+            if count_contacts:
+                report.contacts_by_status = await _count_by(session, Contact.status,
+                                                            Contact.campaign_id == campaign_id)
             by_code = await _count_by(session, Submission.status_code, Submission.campaign_id == campaign_id)
             report.submissions_by_code = {("none" if k is None else str(k)): v for k, v in by_code.items()}
             report.submissions_by_outcome = await _count_by(
@@ -953,5 +958,5 @@ class ResultQueries(_Store):
             return await _count_by(session, CallResult.status, CallResult.campaign_id == campaign_id)
 
 
-class Repository(AdminQueries, DaemonQueries, ResultQueries, VerifyQueries):
+class Repository(AdminQueries, DaemonQueries, ResultQueries, VerifyQueries, ConsoleQueries):
     """The one door to the database."""
