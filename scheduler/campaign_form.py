@@ -90,13 +90,14 @@ def when_problems(args: HasWhen, now: datetime) -> tuple[datetime | None, dateti
 
 
 def new_campaign(request: CampaignRequest, settings: Settings, now: datetime,
-                 problems: list[str] | None = None) -> NewCampaign:
+                 problems: list[str] | None = None, check_file: bool = True) -> NewCampaign:
     """The row to insert, or one UserError listing every problem (``problems``: found before,
-    e.g. a form field that is not a number)."""
+    e.g. a form field that is not a number; ``check_file=False``: the caller checked the file,
+    an upload)."""
     start, end, found = when_problems(request, now)
     found = list(problems or []) + found
     contacts = Path(request.contacts).expanduser()
-    if not contacts.is_file():
+    if check_file and not contacts.is_file():
         found.append(f"--contacts: {contacts} does not exist or is not a file; give the path of the CSV file")
     bounds = WaitBounds(settings.insight.reattempt_wait_min_seconds, settings.insight.reattempt_wait_max_seconds)
     found += [

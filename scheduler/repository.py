@@ -44,7 +44,7 @@ from .ledger import ClaimedChunk
 from .retry import NextStep
 from .stored_files import PackedFile
 from .verify import VerifyQueries
-from .console.queries import ConsoleQueries
+from .console.queries import ConsoleQueries, PageQueries
 
 if TYPE_CHECKING:
     from .breaker import Snapshot as AccountState
@@ -958,5 +958,6 @@ class ResultQueries(_Store):
             return await _count_by(session, CallResult.status, CallResult.campaign_id == campaign_id)
 
 
-class Repository(AdminQueries, DaemonQueries, ResultQueries, VerifyQueries, ConsoleQueries):
+class Repository(AdminQueries, DaemonQueries, ResultQueries, VerifyQueries, ConsoleQueries,
+                 PageQueries):
     """The one door to the database."""

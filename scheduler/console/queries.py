@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..errors import NotFound, UserError
 from ..models import (
+    CallResult,
     Campaign,
     Chunk,
     ChunkStatus,
@@ -196,3 +197,43 @@ class ConsoleQueries:
 
 def _instant(value: Any) -> datetime:
     return parse_db_time(value) if isinstance(value, str) else value
+
+
+class CallResultLine(NamedTuple):
+    received_at: datetime
+    phone: str | None
+    status: str | None
+    attempts: int | None
+    duration_seconds: int | None
+
+
+class PageQueries:
+    """Mixed into Repository with ConsoleQueries: what the campaign page reads beside the report."""
+
+    _read: Callable[[], AbstractAsyncContextManager[AsyncSession]]
+
+    async def latest_call_results(self, campaign_id: int, limit: int) -> list[CallResultLine]:
+        async with self._read() as session:
+            found = (await session.execute(
+                select(CallResult.received_at, CallResult.phone, CallResult.status, CallResult.attempts,
+                       CallResult.duration_seconds)
+                .where(CallResult.campaign_id == campaign_id).order_by(CallResult.id.desc()).limit(limit))).all()
+        return [CallResultLine._make(row) for row in found]
+
+    async def chunk_contacts_by_status(self, campaign_id: int) -> dict[str, int]:
+        """Contacts waiting in, or sent with, the campaign's chunks, by chunk status (split
+        chunks left out: their contacts are in their halves)."""
+        async with self._read() as session:
+            found = (await session.execute(
+                select(Chunk.status, func.coalesce(func.sum(Chunk.contact_count), 0))
+                .where(Chunk.campaign_id == campaign_id, Chunk.status != ChunkStatus.SPLIT.value)
+                .group_by(Chunk.status))).all()
+        return {str(status): int(contacts) for status, contacts in found}
+
+    async def unknown_chunk_page(self, campaign_id: int, limit: int) -> tuple[list[Chunk], int]:
+        """The first ``limit`` unknown chunks and how many there are."""
+        where = (Chunk.campaign_id == campaign_id, Chunk.status == ChunkStatus.UNKNOWN.value)
+        async with self._read() as session:
+            total = int(await session.scalar(select(func.count()).select_from(Chunk).where(*where)) or 0)
+            rows = (await session.scalars(select(Chunk).where(*where).order_by(Chunk.seq).limit(limit))).all()
+        return list(rows), total
