@@ -8,6 +8,7 @@ needs the session's CSRF token; every action needs the admin role.
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from datetime import timedelta
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -53,7 +54,7 @@ class Console:
         self.templates.filters["count"] = lambda value: f"{value:,}"
 
     def render(self, request: web.Request, name: str, status: int = 200, **values: object) -> web.Response:
-        identity = request.get("identity")
+        identity = _IDENTITY.get()
         page = self.templates.get_template(name).render(me=identity, path=request.path, **values)
         return web.Response(text=page, status=status, content_type="text/html", charset="utf-8")
 
@@ -65,28 +66,34 @@ def console_of(request: web.Request) -> Console:
     return request.app[CONSOLE]
 
 
+# Who sent the request being handled (aiohttp handles each request in a task of its own).
+_IDENTITY: ContextVar[auth.Identity | None] = ContextVar("console_identity", default=None)
+
+
 def identity_of(request: web.Request) -> auth.Identity:
-    found: auth.Identity = request["identity"]
+    found = _IDENTITY.get()
+    if found is None:  # only the sign-in page is served without one, and it does not ask
+        raise web.HTTPSeeOther("/console/login")
     return found
 
 
-@web.middleware
-async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """On every answer, errors included: the CSP, no sniffing, no framing, no caching of pages."""
-    try:
-        response = await handler(request)
-    except web.HTTPException as exc:
-        response = exc
-    except NotFound as exc:
-        response = console_of(request).render(request, "error.html", status=404, message=str(exc))
-    except UserError as exc:
-        response = console_of(request).render(request, "error.html", status=409, message=str(exc))
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every answer as it is sent (errors and streamed files included): the CSP, no sniffing,
+    no framing, no caching of pages."""
     response.headers.update(SECURITY_HEADERS)
     if not request.path.startswith("/console/static/"):
         response.headers["Cache-Control"] = "no-store"
-    if isinstance(response, web.HTTPException):
-        raise response
-    return response
+
+
+@web.middleware
+async def refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A refusal the user can act on is a page naming it (the CLI's message), not a traceback."""
+    try:
+        return await handler(request)
+    except NotFound as exc:
+        return console_of(request).render(request, "error.html", status=404, message=str(exc))
+    except UserError as exc:
+        return console_of(request).render(request, "error.html", status=409, message=str(exc))
 
 
 @web.middleware
@@ -101,7 +108,7 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
             raise web.HTTPUnauthorized(text="sign in again")
         raise web.HTTPSeeOther("/console/login")
     session, user = found
-    request["identity"] = auth.Identity(user.name, user.role, session.csrf_token, session.token_sha256)
+    _IDENTITY.set(auth.Identity(user.name, user.role, session.csrf_token, session.token_sha256))
     return await handler(request)
 
 
@@ -139,17 +146,18 @@ def build_app(console: Console) -> web.Application:
     from .signin import add_routes as add_signin
 
     # Bodies are read by the handlers (uploads are streamed to disk), so no overall cap here.
-    app = web.Application(middlewares=[security_headers, sessions, csrf_and_roles], client_max_size=1024 * 1024)
+    app = web.Application(middlewares=[sessions, csrf_and_roles, refusals], client_max_size=1024 * 1024)
     app[CONSOLE] = console
-    app.router.add_get("/console", lambda _: _see_other("/console/"))
+    app.on_response_prepare.append(security_headers)
+    app.router.add_get("/console", _to_campaigns)
     app.router.add_static("/console/static/", STATIC_DIR, append_version=False)
     for add in (add_signin, add_pages, add_actions):
         add(app.router)
     return app
 
 
-async def _see_other(location: str) -> web.Response:
-    raise web.HTTPSeeOther(location)
+async def _to_campaigns(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther("/console/")
 
 
 class ConsoleServer:
