@@ -156,7 +156,8 @@ async def create_campaign(request: web.Request) -> web.Response:
             new = new_campaign(request_, console.settings(), utcnow(), problems, check_file=False)
         except UserError as exc:
             return console.render(request, "new_campaign.html", status=400, form=fields,
-                                  problems=str(exc).splitlines()[1:], message=str(exc).splitlines()[0])
+                                  problems=[line.strip() for line in str(exc).splitlines()[1:]],
+                                  message=str(exc).splitlines()[0])
         assert upload is not None
         new = dataclasses.replace(new, contacts_path=upload[1])
         row, _ = await store_campaign(console.repo, new, upload[0])
@@ -187,9 +188,9 @@ def _refused(exc: UserError) -> tuple[str, list[str]]:
 
 
 async def suppress_add(request: web.Request) -> web.Response:
-    """`suppress add NUMBER... [--reason R]` (numbers separated by spaces, commas or lines)."""
+    """`suppress add NUMBER... [--reason R]` (one number per line, or commas between them)."""
     form = await request.post()
-    raw = [n for n in re.split(r"[\s,;]+", str(form.get("numbers", ""))) if n]
+    raw = [n.strip() for n in re.split(r"[,;\r\n]+", str(form.get("numbers", ""))) if n.strip()]
     reason = str(form.get("reason", "")).strip() or None
     if not raw:
         return await _suppressions(request, 400, "nothing was added: type at least one number")
