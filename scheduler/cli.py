@@ -420,18 +420,25 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         problems.append(f"--replicas: must be between 1 and 16 (got {args.replicas})")
     if args.database_url and args.replicas == 1:
         problems.append("--database-url: only with --replicas 2 or more (the single-daemon demo uses SQLite)")
-    if args.replicas > 1 and (args.callbacks or window):
-        problems.append("--replicas: not with --callbacks, --calling-window or --timezone-policy")
+    if args.replicas > 1 and (args.callbacks or window or args.console):
+        problems.append("--replicas: not with --callbacks, --calling-window, --timezone-policy or --console")
     if problems:
         raise UserError("cannot run the demo:\n" + "\n".join(f"  {p}" for p in problems))
     options = DemoOptions(contacts=args.contacts, rate=args.rate, fail_rate=args.fail_rate,
                           chunk_size=args.chunk_size, keep=args.keep, callbacks=args.callbacks,
-                          calling_window=window, timezone_policy=policy, campaign_timezone=args.campaign_timezone)
+                          calling_window=window, timezone_policy=policy, campaign_timezone=args.campaign_timezone,
+                          console_port=_free_port() if args.console else None)
     if args.replicas > 1:
         from .replicas_demo import run_replicas_demo
 
         return await run_replicas_demo(options, args.replicas, args.database_url, _console())
     return await run_demo(options, _console())
+
+
+def _free_port() -> int:
+    from .demo import _free_port as free
+
+    return free()
 
 
 def _demo_window_problems(window: str | None, policy: str, zone: str | None) -> list[str]:
