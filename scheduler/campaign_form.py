@@ -8,6 +8,7 @@ from its form, and both get the same ``NewCampaign`` or the same ``UserError``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -141,12 +142,16 @@ def window_columns(request: CampaignRequest) -> tuple[str | None, str | None, li
     return start, end, problems
 
 
-async def store_campaign(repo: Repository, new: NewCampaign, contacts: Path) -> tuple[Campaign, str]:
-    """Insert the row with its contacts file's bytes; returns it and what to tell the user."""
+async def store_campaign(repo: Repository, new: NewCampaign, contacts: Path,
+                         file_name: str | None = None) -> tuple[Campaign, str]:
+    """Insert the row with its contacts file's bytes (``file_name``: as uploaded, else the
+    file's own); returns it and what to tell the user."""
     try:
         packed = await asyncio.to_thread(stored_files.pack, contacts)
     except OSError as exc:
         raise UserError(f"--contacts: cannot read {new.contacts_path}: {exc.strerror or exc}") from None
+    if file_name is not None:
+        packed = dataclasses.replace(packed, file_name=file_name)
     row = await repo.create_campaign(new, packed)
     return row, (f"campaign {row.id} created ({row.status}): {row.name}; contacts file stored in the database "
                  f"({packed.size_bytes:,} bytes, {len(packed.data):,} compressed): any daemon can read it")

@@ -194,6 +194,8 @@ class ConsoleSettings(_Section):
     # adds Secure to the session cookie: set it when an https proxy is in front
     secure_cookie: bool = False
     session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    # how often the live pages fetch their figures again
+    refresh_seconds: float = Field(3.0, ge=0.2, le=3600)
     # largest contacts or do-not-call file an upload may bring (streamed to disk, then stored)
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)
 

@@ -160,7 +160,7 @@ async def create_campaign(request: web.Request) -> web.Response:
                                   message=str(exc).splitlines()[0])
         assert upload is not None
         new = dataclasses.replace(new, contacts_path=upload[1])
-        row, _ = await store_campaign(console.repo, new, upload[0])
+        row, _ = await store_campaign(console.repo, new, upload[0], file_name=upload[1])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     raise _back_to(row.id, "created")

@@ -63,8 +63,6 @@ def cookie_options(secure: bool, max_age_seconds: int) -> dict[str, object]:
 def foreign_origin(origin: str | None, host: str | None) -> bool:
     """A browser names the page a POST came from; one from another host is refused even with a
     token (an https proxy may change the scheme, so only host and port are compared)."""
-    if not origin:
+    if not origin or origin == "null":  # no say (privacy settings send "null"): the token decides
         return False
-    if origin == "null":
-        return True
     return urlsplit(origin).netloc.lower() != (host or "").lower()

@@ -24,7 +24,6 @@ from ..repository import PAUSABLE, RESUMABLE, FINAL, utcnow
 from . import charts
 from .app import console_of, identity_of, require_admin
 
-REFRESH_MS = 3000
 UNKNOWN_SHOWN = 50
 RESULTS_SHOWN = 10
 SUPPRESSIONS_SHOWN = 200
@@ -70,8 +69,12 @@ async def _campaigns_view(request: web.Request) -> dict[str, Any]:
                  for row in overview.campaigns],
         "plum": plum, "account_last_minute": overview.account_last_minute,
         "minute_limit": int(rate * 60), "rate": rate, "in_flight_limit": settings.submission.max_concurrency,
-        "now": now, "refresh_ms": REFRESH_MS,
+        "now": now, "refresh_ms": _refresh_ms(settings),
     }
+
+
+def _refresh_ms(settings: Settings) -> int:
+    return int(settings.console.refresh_seconds * 1000)
 
 
 def campaign_row(row: Campaign, last_minute: int, next_window: Any) -> dict[str, Any]:
@@ -124,7 +127,7 @@ async def _campaign_view(request: web.Request) -> dict[str, Any]:
         "results": await repo.latest_call_results(campaign_id, RESULTS_SHOWN),
         "unknown": unknown, "unknown_total": unknown_total,
         "can_pause": row.status in PAUSABLE, "can_resume": row.status in RESUMABLE,
-        "can_cancel": row.status not in FINAL, "refresh_ms": REFRESH_MS, "now": utcnow(),
+        "can_cancel": row.status not in FINAL, "refresh_ms": _refresh_ms(settings), "now": utcnow(),
     }
 
 
@@ -207,7 +210,7 @@ async def daemons_page(request: web.Request) -> web.Response:
     found = await console.repo.worker_activity(now - timedelta(hours=24), now - timedelta(minutes=1))
     workers = [{"w": a.worker, "state": state_of(a.worker, now, poll), "in_flight": a.in_flight,
                 "last_minute": a.requests_last_minute} for a in found]
-    return console.render(request, "daemons.html", workers=workers, now=now, refresh_ms=REFRESH_MS)
+    return console.render(request, "daemons.html", workers=workers, now=now)
 
 
 def csrf_of(request: web.Request) -> str:

@@ -69,7 +69,7 @@ async def test_a_new_campaign_stores_the_uploaded_file(repo, admin, tmp_path):
             row.excluded_weekdays, row.contacts_path) == ("Spring NPS", "draft", 10, "08:00", "21:00", "sun",
                                                           "spring.csv")
     stored = await repo.stored_contacts(campaign_id)
-    assert stored is not None and stored.file_name.startswith("upload-") and stored.size_bytes == len(contacts)
+    assert stored is not None and stored.file_name == "spring.csv" and stored.size_bytes == len(contacts)
     page = await (await admin.get(response.headers["Location"])).text()
     assert "Campaign created" in page and "a draft is not picked up until it is resumed" in page
 
@@ -193,6 +193,6 @@ async def test_export_is_the_file_campaign_export_writes(repo, admin, tmp_path):
 
 
 async def test_the_daemons_page_shows_heartbeats(repo, admin):
-    await repo.register_worker("host-1-abc", NOW, "host-1", 4242, "0.1.0")
+    await repo.register_worker("host-1-abc", datetime.now(timezone.utc), "host-1", 4242, "0.1.0")
     page = await (await admin.get("/console/daemons")).text()
     assert "host-1-abc" in page and "alive" in page and "4242" in page
