@@ -31,6 +31,7 @@ from .models import (
     CampaignStatus,
     Chunk,
     CallResult,
+    CallResultCount,
     ChunkStatus,
     Contact,
     ContactStatus,
@@ -316,14 +317,14 @@ class AdminQueries(_Store):
                 await self._refresh(session, campaign_id, now)
         return row
 
-    async def campaign_report(self, campaign_id: int, count_contacts: bool = True) -> CampaignReport:
-        """``count_contacts=False`` leaves contacts_by_status empty: it reads every contact row of the
-        campaign (the console's live page reads the campaign's counters instead)."""
+    async def campaign_report(self, campaign_id: int, live: bool = False) -> CampaignReport:
+        """``live=True`` (the console, every few seconds): contacts_by_status is left empty and call
+        results come from their counters, so no contact or call result row of the campaign is read."""
         campaign = await self.get_campaign(campaign_id)
         report = CampaignReport(campaign=campaign)
         async with self._read() as session:
             report.chunks_by_status = await _count_by(session, Chunk.status, Chunk.campaign_id == campaign_id)
-            if count_contacts:
+            if not live:
                 report.contacts_by_status = await _count_by(session, Contact.status,
                                                             Contact.campaign_id == campaign_id)
             by_code = await _count_by(session, Submission.status_code, Submission.campaign_id == campaign_id)
@@ -331,7 +332,10 @@ class AdminQueries(_Store):
             report.submissions_by_outcome = await _count_by(
                 session, Submission.outcome, Submission.campaign_id == campaign_id
             )
-            results = await _count_by(session, CallResult.status, CallResult.campaign_id == campaign_id)
+            if live:
+                results = await _counted_call_results(session, campaign_id)
+            else:
+                results = await _count_by(session, CallResult.status, CallResult.campaign_id == campaign_id)
             # One final callback per call; Insight's body may carry no number, so count
             # results rather than matched contacts.
             results["awaiting"] = max(0, campaign.contacts_queued - sum(results.values()))
@@ -350,6 +354,13 @@ class AdminQueries(_Store):
                 ).all()
             )
         return report
+
+
+async def _counted_call_results(session: AsyncSession, campaign_id: int) -> dict[Any, int]:
+    """What _count_by(CallResult.status) gives, from the counters the triggers keep (migration 0009)."""
+    found = await session.execute(select(CallResultCount.status, CallResultCount.results)
+                                  .where(CallResultCount.campaign_id == campaign_id, CallResultCount.results > 0))
+    return {(status or None): int(count) for status, count in found.all()}
 
 
 async def _zone_summaries(session: AsyncSession, campaign_id: int) -> list[ZoneSummary]:

@@ -111,7 +111,7 @@ async def _campaign_view(request: web.Request) -> dict[str, Any]:
     """What `campaign show` prints, from the same report (contacts from the counters), and charts."""
     console, campaign_id = console_of(request), _campaign_id(request)
     repo, settings = console.repo, console.settings()
-    report = await repo.campaign_report(campaign_id, count_contacts=False)
+    report = await repo.campaign_report(campaign_id, live=True)
     report.contacts_file = await repo.stored_contacts_summary(campaign_id)
     row = report.campaign
     if row.status == CampaignStatus.RUNNING.value:
@@ -125,6 +125,8 @@ async def _campaign_view(request: web.Request) -> dict[str, Any]:
         "rate_chart": charts.rate_chart(points, settings.submission.rate_limit_per_second, bucket),
         "outcome_chart": charts.bar_chart(report.submissions_by_outcome, "submissions by outcome"),
         "results": await repo.latest_call_results(campaign_id, RESULTS_SHOWN),
+        # a call result without a status (Plum's body had none) is counted under "none", as the CLI shows it
+        "call_results": {("none" if key is None else str(key)): n for key, n in report.call_results_by_status.items()},
         "unknown": unknown, "unknown_total": unknown_total,
         "can_pause": row.status in PAUSABLE, "can_resume": row.status in RESUMABLE,
         "can_cancel": row.status not in FINAL, "refresh_ms": _refresh_ms(settings), "now": utcnow(),
