@@ -101,7 +101,9 @@ async def _save(part: BodyPartReader, workdir: Path, limit: int) -> Path:
         while piece := await part.read_chunk(1 << 20):
             size += len(piece)
             if size > limit:
-                raise UserError(f"the file is larger than console.max_upload_bytes ({limit:,} bytes)")
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=limit, actual_size=size,
+                    text=f"refused: the file is larger than console.max_upload_bytes ({limit:,} bytes)")
             handle.write(piece)
     return path
 

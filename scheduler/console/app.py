@@ -105,6 +105,8 @@ async def sessions(request: web.Request, handler: Handler) -> web.StreamResponse
     token = request.cookies.get(auth.COOKIE_NAME)
     found = await console_of(request).repo.session_user(auth.token_hash(token), utcnow()) if token else None
     if found is None:
+        if request.method == "POST":  # no session, so no CSRF token: nothing is changed
+            raise web.HTTPForbidden(text="refused: sign in first")
         if request.headers.get("X-Console-Fragment"):  # the live refresh: the script goes to the sign-in page
             raise web.HTTPUnauthorized(text="sign in again")
         raise web.HTTPSeeOther("/console/login")

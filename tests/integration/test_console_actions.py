@@ -196,3 +196,13 @@ async def test_the_daemons_page_shows_heartbeats(repo, admin):
     await repo.register_worker("host-1-abc", datetime.now(timezone.utc), "host-1", 4242, "0.1.0")
     page = await (await admin.get("/console/daemons")).text()
     assert "host-1-abc" in page and "alive" in page and "4242" in page
+
+
+async def test_an_upload_over_the_limit_is_refused(repo):
+    await add_user(repo, "alice", "admin")
+    settings = Settings.model_validate({"console": {"max_upload_bytes": 2048}})
+    async with console_client(repo, settings) as client:
+        token = await sign_in(client, "alice")
+        response = await post_campaign(client, token, form(), b"phone\n" + b"6175550100\n" * 400)
+        assert response.status == 413 and "console.max_upload_bytes (2,048 bytes)" in await response.text()
+    assert await scalar(repo, "SELECT count(*) FROM campaigns") == 0

@@ -51,6 +51,8 @@ async def test_no_session_goes_to_the_sign_in_page(admin):
     assert fragment.status == 401  # the live refresh script then goes to the sign-in page
     for path in ("/console/daemons", "/console/campaigns/1", "/console/suppressions", "/console/campaigns/1/export.csv"):
         assert (await admin.get(path, allow_redirects=False)).status == 303, path
+    for path in ("/console/campaigns/1/pause", "/console/logout", "/console/suppressions/add"):
+        assert (await admin.post(path, data={"csrf_token": "x"}, allow_redirects=False)).status == 403, path
 
 
 @pytest.mark.parametrize("secure", [False, True])
