@@ -15,6 +15,7 @@ from .passwords import verify_password
 
 log = logging.getLogger("scheduler.console")
 MAX_FIELD_CHARS = 1024
+MAX_NAME_CHARS = 100  # console_users.name
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
@@ -34,7 +35,10 @@ async def login(request: web.Request) -> web.Response:
     form = await request.post()
     username, password = str(form.get("username", ""))[:MAX_FIELD_CHARS], str(form.get("password", ""))
     now = utcnow()
-    ticket = await console.repo.begin_login_attempt(username, now, auth.LOGIN_WINDOW, auth.LOGIN_FAILURE_LIMIT)
+    # A name longer than any user's (the CLI allows 100 characters) is nobody; its first 100
+    # characters name its throttle.
+    ticket = await console.repo.begin_login_attempt(username[:MAX_NAME_CHARS], now, auth.LOGIN_WINDOW,
+                                                    auth.LOGIN_FAILURE_LIMIT)
     if ticket.attempt_id is None:
         log.warning("console: sign-in for %r refused: too many failures within a minute", username)
         response = console.render(request, "login.html", status=429, username=username,
@@ -42,7 +46,7 @@ async def login(request: web.Request) -> web.Response:
                                           f"{ticket.retry_after_seconds} s.")
         response.headers["Retry-After"] = str(ticket.retry_after_seconds)
         return response
-    user = await console.repo.user_by_name(username)
+    user = await console.repo.user_by_name(username) if len(username) <= MAX_NAME_CHARS else None
     if not await asyncio.to_thread(verify_password, user.password_hash if user else None, password):
         log.warning("console: failed sign-in for %r", username)
         return console.render(request, "login.html", status=401, username=username,

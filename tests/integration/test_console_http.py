@@ -77,7 +77,8 @@ async def test_sign_in_sets_a_strict_http_only_cookie(repo, secure):
         assert page.status == 200 and "Campaigns" in await page.text()
 
 
-@pytest.mark.parametrize("name, password", [("alice", "wrong password"), ("nobody", PASSWORD), ("", "")])
+@pytest.mark.parametrize("name, password", [("alice", "wrong password"), ("nobody", PASSWORD), ("", ""),
+                                            ("alice" * 40, PASSWORD)])
 async def test_a_wrong_password_gets_401_and_the_form_again(admin, name, password):
     response = await admin.post("/console/login", data={"username": name, "password": password},
                                 allow_redirects=False)

@@ -71,11 +71,11 @@ async def test_live_pages_read_no_contact_or_call_result_row(repo):
 
 async def test_requests_by_second_are_counted_in_the_database(repo):
     await campaign_with_results(repo)
+    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(seconds=5)
     for offset in (0.1, 0.5, 0.9, 2.2):
         await execute(repo, "INSERT INTO submissions (campaign_id, chunk_id, attempt, started_at, outcome, contact_count) "
-                            "VALUES (1, 1, 1, :t, 'accepted', 3)", t=NOW.replace(microsecond=0) + timedelta(seconds=offset))
+                            "VALUES (1, 1, 1, :t, 'accepted', 3)", t=base + timedelta(seconds=offset))
     counted = await repo.requests_by_second(1)
-    base = NOW.replace(microsecond=0)
     assert counted == [(base, 3), (base + timedelta(seconds=2), 1)]
     overview = await repo.console_overview(datetime.now(timezone.utc))
     assert overview.requests_last_minute == {1: 4} and overview.account_last_minute == 4
