@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import dataclasses
 import json
 import os
@@ -22,14 +21,23 @@ from typing import Any, AsyncIterator, Callable, Coroutine
 from rich.console import Console
 from rich.table import Table
 
-from . import db, stored_files, windows
+from . import db, windows
 from .config import Settings, load_settings
 from .errors import UserError
-from .models import Campaign, CampaignStatus
+from .models import CONSOLE_ROLES, Campaign, CampaignStatus
 from .breaker import account_key
 from .reports import fmt_time, plum_state, print_report, report_as_dict
 from .repository import NewCampaign, Repository
-from .rules import WaitBounds, campaign_problems, parse_when
+from .campaign_form import CampaignRequest, flag_problem, new_campaign, store_campaign, when_problems  # noqa: F401
+from .suppression_input import (  # noqa: F401  (the names tests and older callers import from here)
+    added_message,
+    normalised_numbers,
+    not_listed_message,
+    numbers_in_csv as _numbers_in_csv,
+    numbers_in_file,
+    numbers_in_list as _numbers_in_list,
+    removable_number,
+)
 
 EXIT_USER_ERROR = 2
 
@@ -80,11 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--database-url", metavar="URL",
                       help="with --replicas: a PostgreSQL server to use (the demo creates and drops its own "
                            "database there); default a SQLite file")
+    demo.add_argument("--console", action="store_true",
+                      help="open the web console on a free port with a demo admin user (prints the URL and "
+                           "credentials) and keep it open until Ctrl-C")
     demo.set_defaults(handler=cmd_demo, needs_config=False)
     commands.add_parser("run", help="run the daemon (until SIGTERM / SIGINT; SIGHUP reloads config)").set_defaults(
         handler=cmd_run
     )
     _add_suppress_commands(commands)
+    _add_user_commands(commands)
     check = commands.add_parser("check", help="exit 0 if the database answers and a daemon ticked recently, else 1")
     check.add_argument("--worker", help="this daemon's scheduler.worker_id (default: any daemon)")
     check.set_defaults(handler=cmd_check)
@@ -116,6 +128,24 @@ def _add_suppress_commands(commands: Any) -> None:
     remove.add_argument("number", metavar="NUMBER")
     remove.set_defaults(handler=cmd_suppress_remove)
     sub.add_parser("list", help="every suppressed number").set_defaults(handler=cmd_suppress_list)
+
+
+def _add_user_commands(commands: Any) -> None:
+    user = commands.add_parser("user", help="who may sign in to the web console")
+    sub = user.add_subparsers(dest="user_command", required=True, parser_class=_Parser)
+    add = sub.add_parser("add", help="add a user (prompts twice for the password)")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--role", required=True, choices=CONSOLE_ROLES, help="admin: steers; viewer: only looks")
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add.set_defaults(handler=cmd_user_add)
+    sub.add_parser("list", help="every user and role").set_defaults(handler=cmd_user_list)
+    remove = sub.add_parser("remove", help="remove a user (their sessions end)")
+    remove.add_argument("name", metavar="NAME")
+    remove.set_defaults(handler=cmd_user_remove)
+    passwd = sub.add_parser("passwd", help="set a new password (the user's sessions end)")
+    passwd.add_argument("name", metavar="NAME")
+    passwd.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    passwd.set_defaults(handler=cmd_user_passwd)
 
 
 def _add_simulate_command(commands: Any) -> None:
@@ -276,121 +306,22 @@ async def cmd_db_current(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# campaign_problems() names columns (an admin reads them in last_error); here the user typed flags.
-_FLAG_OF_COLUMN = {
-    "survey_id": "--survey-id",
-    "instance_id": "--instance-id",
-    "start_at": "--start",
-    "end_at": "--end",
-    "max_attempts": "--max-attempts",
-    "reattempt_wait": "--reattempt-wait",
-    "chunk_size": "--chunk-size",
-    "calling_window_start": "--calling-window",
-    "calling_window_end": "--calling-window",
-    "excluded_weekdays": "--excluded-weekdays",
-}
-# Not after a dot: submission.chunk_size is a config key, not the column.
-_COLUMN_NAME = re.compile(r"(?<![.\w])(" + "|".join(_FLAG_OF_COLUMN) + r")\b")
-# A column left empty takes the configured value; a flag is left out instead.
-_FLAG_WORDING = {"(or empty for the configured size)": "(or leave it out for the configured submission.chunk_size)"}
-
-
-def flag_problem(problem: str) -> str:
-    """A campaign_problems() line with every column name replaced by the flag that sets it."""
-    for column_words, flag_words in _FLAG_WORDING.items():
-        problem = problem.replace(column_words, flag_words)
-    return _COLUMN_NAME.sub(lambda match: _FLAG_OF_COLUMN[match.group(1)], problem)
-
-
-def when_problems(args: argparse.Namespace, now: datetime) -> tuple[datetime | None, datetime | None, list[str]]:
-    """--start and --end as instants; an end not after now would expire every chunk at once."""
-    parsed: dict[str, datetime | None] = {}
-    problems = []
-    for flag, text in (("--start", args.start), ("--end", args.end)):
-        try:
-            parsed[flag] = parse_when(text)
-        except ValueError as exc:
-            parsed[flag] = None
-            problems.append(f"{flag}: {exc}")
-    end = parsed["--end"]
-    if end is not None and end <= now:
-        shown = end.isoformat() if args.end.strip() == end.isoformat() else f"{args.end.strip()} ({end.isoformat()})"
-        problems.append(f"--end: {shown} is in the past; a campaign must end in the future")
-    return parsed["--start"], end, problems
-
-
 def _new_campaign_from_args(args: argparse.Namespace, settings: Settings, now: datetime) -> NewCampaign:
-    start, end, problems = when_problems(args, now)
-    contacts = Path(args.contacts).expanduser()
-    if not contacts.is_file():
-        problems.append(f"--contacts: {contacts} does not exist or is not a file; give the path of the CSV file")
-    bounds = WaitBounds(settings.insight.reattempt_wait_min_seconds, settings.insight.reattempt_wait_max_seconds)
-    problems += [
-        flag_problem(p)
-        for p in campaign_problems(
-            survey_id=args.survey_id,
-            instance_id=args.instance_id,
-            start_at=start,
-            end_at=end,
-            max_attempts=args.max_attempts,
-            reattempt_wait=args.reattempt_wait,
-            chunk_size=args.chunk_size,
-            bounds=bounds,
-        )
-        if p not in ("start_at: must be set", "end_at: must be set")  # unreadable: reported above
-    ]
-    window_start, window_end, window_problem = _window_from_args(args)
-    problems += window_problem
-    if problems:
-        raise UserError("cannot create campaign:\n" + "\n".join(f"  {p}" for p in problems))
-    assert start is not None and end is not None
-    return NewCampaign(
-        name=args.name,
-        survey_id=args.survey_id,
-        instance_id=args.instance_id,
-        contacts_path=str(contacts.resolve()),
-        start_at=start,
-        end_at=end,
-        max_attempts=args.max_attempts,
-        reattempt_wait=args.reattempt_wait,
-        result_url=args.result_url,
-        chunk_size=args.chunk_size,
-        calling_window_start=window_start,
-        calling_window_end=window_end,
-        excluded_weekdays=args.excluded_weekdays,
-        status=(CampaignStatus.DRAFT if args.draft else CampaignStatus.SCHEDULED).value,
-    )
-
-
-def _window_from_args(args: argparse.Namespace) -> tuple[str | None, str | None, list[str]]:
-    """--calling-window 08:00-21:00 -> the two columns; --excluded-weekdays is checked too."""
-    start = end = None
-    problems = []
-    if args.calling_window:
-        try:
-            window = windows.parse_window(args.calling_window)
-            start, end = windows.format_clock(window.start_minute), windows.format_clock(window.end_minute)
-        except ValueError as exc:
-            problems.append(f"--calling-window: {exc}")
-    try:
-        windows.parse_weekdays(args.excluded_weekdays)
-    except ValueError as exc:
-        problems.append(f"--excluded-weekdays: {exc}")
-    return start, end, problems
+    request = CampaignRequest(
+        name=args.name, survey_id=args.survey_id, instance_id=args.instance_id, contacts=args.contacts,
+        start=args.start, end=args.end, max_attempts=args.max_attempts, reattempt_wait=args.reattempt_wait,
+        result_url=args.result_url, chunk_size=args.chunk_size, calling_window=args.calling_window,
+        excluded_weekdays=args.excluded_weekdays, draft=args.draft)
+    return new_campaign(request, settings, now)
 
 
 async def cmd_campaign_create(args: argparse.Namespace, settings: Settings) -> int:
     from .repository import utcnow
 
     new = _new_campaign_from_args(args, settings, utcnow())
-    try:
-        packed = await asyncio.to_thread(stored_files.pack, Path(new.contacts_path))
-    except OSError as exc:
-        raise UserError(f"--contacts: cannot read {new.contacts_path}: {exc.strerror or exc}") from None
     async with _repository(settings) as repo:
-        row = await repo.create_campaign(new, packed)
-    print(f"campaign {row.id} created ({row.status}): {row.name}; contacts file stored in the database "
-          f"({packed.size_bytes:,} bytes, {len(packed.data):,} compressed): any daemon can read it")
+        _, message = await store_campaign(repo, new, Path(new.contacts_path))
+    print(message)
     return 0
 
 
@@ -489,18 +420,25 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         problems.append(f"--replicas: must be between 1 and 16 (got {args.replicas})")
     if args.database_url and args.replicas == 1:
         problems.append("--database-url: only with --replicas 2 or more (the single-daemon demo uses SQLite)")
-    if args.replicas > 1 and (args.callbacks or window):
-        problems.append("--replicas: not with --callbacks, --calling-window or --timezone-policy")
+    if args.replicas > 1 and (args.callbacks or window or args.console):
+        problems.append("--replicas: not with --callbacks, --calling-window, --timezone-policy or --console")
     if problems:
         raise UserError("cannot run the demo:\n" + "\n".join(f"  {p}" for p in problems))
     options = DemoOptions(contacts=args.contacts, rate=args.rate, fail_rate=args.fail_rate,
                           chunk_size=args.chunk_size, keep=args.keep, callbacks=args.callbacks,
-                          calling_window=window, timezone_policy=policy, campaign_timezone=args.campaign_timezone)
+                          calling_window=window, timezone_policy=policy, campaign_timezone=args.campaign_timezone,
+                          console_port=_free_port() if args.console else None)
     if args.replicas > 1:
         from .replicas_demo import run_replicas_demo
 
         return await run_replicas_demo(options, args.replicas, args.database_url, _console())
     return await run_demo(options, _console())
+
+
+def _free_port() -> int:
+    from .demo import _free_port as free
+
+    return free()
 
 
 def _demo_window_problems(window: str | None, policy: str, zone: str | None) -> list[str]:
@@ -520,34 +458,17 @@ def _demo_window_problems(window: str | None, policy: str, zone: str | None) -> 
     return problems
 
 
-def _normalised_numbers(raw_numbers: list[str], settings: Settings) -> list[str]:
-    from .phones import Normaliser
-
-    normalise = Normaliser(settings.contacts.default_region)
-    numbers, problems = [], []
-    for raw in raw_numbers:
-        phone, reason = normalise(raw)
-        if phone is None:
-            problems.append(f"  {reason}")
-        else:
-            numbers.append(phone)
-    if problems:
-        raise UserError("nothing was added; fix these numbers first:\n" + "\n".join(problems))
-    return numbers
-
-
 async def _suppress(settings: Settings, numbers: list[str], reason: str | None, source: str) -> int:
     from .repository import utcnow
 
     async with _repository(settings) as repo:
         added = await repo.add_suppressions(numbers, reason, source, utcnow())
-    print(f"{added} number(s) added to the suppression list ({len(numbers) - added} already there); "
-          "they are taken out of chunks not yet sent")
+    print(added_message(added, len(numbers)))
     return 0
 
 
 async def cmd_suppress_add(args: argparse.Namespace, settings: Settings) -> int:
-    return await _suppress(settings, _normalised_numbers(args.numbers, settings), args.reason, "cli")
+    return await _suppress(settings, normalised_numbers(args.numbers, settings), args.reason, "cli")
 
 
 async def cmd_suppress_import(args: argparse.Namespace, settings: Settings) -> int:
@@ -556,108 +477,16 @@ async def cmd_suppress_import(args: argparse.Namespace, settings: Settings) -> i
         raise UserError(f"suppress import: {path} does not exist")
     if path.is_dir():
         raise UserError(f"suppress import: {path} is a directory; give a CSV file or a list of numbers")
-    numbers = _numbers_in_csv(path, settings)
-    if numbers is None:
-        numbers = _numbers_in_list(path, settings)
+    numbers = numbers_in_file(path, settings)
     return await _suppress(settings, numbers, args.reason, f"import:{path.name}")
 
 
-def _numbers_in_csv(path: Path, settings: Settings) -> list[str] | None:
-    """Every number of the phone column, or None when no column is named like one (a plain list)."""
-    from .contacts import ContactsFileError, iter_contacts
-
-    bad: dict[int, str] = {}
-    numbers = []
-    try:
-        _, contacts = iter_contacts(path, settings.contacts.phone_columns, settings.contacts.default_region)
-        for contact in contacts:
-            if contact.phone is not None:
-                numbers.append(contact.phone)
-            elif contact.raw_phone.strip():  # a row without a number suppresses nothing
-                bad[contact.row_number] = contact.reason or "not a valid phone number"
-    except ContactsFileError as exc:
-        if "no phone column" in str(exc):
-            return None
-        raise UserError("suppress import: " + str(exc).replace(f"contacts file {path}", str(path), 1)) from None
-    if bad:
-        lines = _line_numbers(path, set(bad))
-        _refuse_import(path, [(_where(lines.get(row), row), reason) for row, reason in bad.items()], "")
-    return numbers
-
-
-def _line_numbers(path: Path, rows: set[int]) -> dict[int, int]:
-    """Row number as iter_contacts counts rows (blank lines skipped) -> line of the file.
-
-    iter_contacts refuses a row that spans lines, so line 1 is the header and
-    every later line is one row or blank.
-    """
-    found: dict[int, int] = {}
-    row = 0
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        for line_number, text in enumerate(handle, 1):
-            if line_number == 1 or _is_blank(text):
-                continue
-            row += 1
-            if row in rows:
-                found[row] = line_number
-    return found
-
-
-def _where(line: int | None, row: int) -> str:
-    return f"line {line}" if line else f"data row {row}"
-
-
-def _is_blank(text: str) -> bool:
-    cells = next(csv.reader([text]), [])
-    return not cells or (len(cells) == 1 and not cells[0].strip())
-
-
-def _numbers_in_list(path: Path, settings: Settings) -> list[str]:
-    """One number per line; blank lines are skipped."""
-    from .phones import Normaliser
-
-    normalise = Normaliser(settings.contacts.default_region)
-    numbers, bad = [], []
-    try:
-        with path.open(encoding="utf-8-sig") as handle:
-            for line_number, text in enumerate(handle, 1):
-                if not text.strip():
-                    continue
-                phone, reason = normalise(text.strip())
-                if phone is None:
-                    bad.append((f"line {line_number}", reason or "not a valid phone number"))
-                else:
-                    numbers.append(phone)
-    except UnicodeDecodeError:
-        raise UserError(f"suppress import: {path} is not UTF-8 text; save it as UTF-8") from None
-    columns = ", ".join(settings.contacts.phone_columns)
-    _refuse_import(path, bad, f"\n({path} was read as a list of numbers, one per line, because its first line "
-                              f"names no phone column: {columns})")
-    return numbers
-
-
-def _refuse_import(path: Path, bad: list[tuple[str, str]], note: str) -> None:
-    """Every bad number at once, by its line in the file; nothing is added."""
-    if bad:
-        lines = "\n".join(f"  {where}: {reason}" for where, reason in bad)
-        raise UserError(f"suppress import: nothing was added; fix these lines of {path} first:\n{lines}{note}")
-
-
 async def cmd_suppress_remove(args: argparse.Namespace, settings: Settings) -> int:
-    from .phones import Normaliser
-
-    number, reason = Normaliser(settings.contacts.default_region)(args.number)
-    if number is None:
-        detail = reason or ""
-        if detail.startswith("not a valid phone number"):
-            detail = f"read with contacts.default_region {settings.contacts.default_region}"
-        raise UserError(f"cannot remove: {args.number} is not a valid phone number ({detail}); "
-                        "write it as `insight-scheduler suppress list` shows it")
+    number = removable_number(args.number, settings)
     async with _repository(settings) as repo:
         removed = await repo.remove_suppression(number)
     if not removed:
-        raise UserError(f"cannot remove: {number} is not on the suppression list; "
-                        "`insight-scheduler suppress list` shows every number on it")
+        raise UserError(not_listed_message(number))
     print(f"{number} removed from the suppression list")
     return 0
 
@@ -762,6 +591,78 @@ async def cmd_chunk_resend(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_campaign_resend_unknown(args: argparse.Namespace, settings: Settings) -> int:
     return await _resend(settings, args.id, None)
+
+
+# -- console users ----------------------------------------------------------------------
+
+USER_NAME = re.compile(r"[A-Za-z0-9._@-]{1,100}")
+
+
+def _user_name(name: str) -> str:
+    if not USER_NAME.fullmatch(name):
+        raise UserError(f"user name {name!r}: use 1 to 100 letters, digits and . _ @ - (no spaces)")
+    return name
+
+
+def _read_password(from_stdin: bool) -> str:
+    """One line of standard input, or typed twice at a prompt that does not echo it."""
+    import getpass
+
+    if from_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise UserError("--password-stdin: standard input held no password")
+        return password
+    if not sys.stdin.isatty():
+        raise UserError("no terminal to ask for the password on: give it on standard input with --password-stdin")
+    first = getpass.getpass("password: ")
+    if first != getpass.getpass("password again: "):
+        raise UserError("the two passwords differ; nothing was changed")
+    return first
+
+
+async def cmd_user_add(args: argparse.Namespace, settings: Settings) -> int:
+    from .console.passwords import hash_password
+    from .repository import utcnow
+
+    name = _user_name(args.name)
+    async with _repository(settings) as repo:
+        if await repo.user_by_name(name) is not None:  # before asking for a password in vain
+            raise UserError(f"user {name!r} exists; `user passwd {name}` changes the password")
+        password_hash = await asyncio.to_thread(hash_password, _read_password(args.password_stdin))
+        await repo.add_user(name, args.role, password_hash, utcnow())
+    print(f"user {name} added ({args.role})")
+    return 0
+
+
+async def cmd_user_list(args: argparse.Namespace, settings: Settings) -> int:
+    async with _repository(settings) as repo:
+        users = await repo.list_users()
+    table = Table("name", "role", "created (UTC)", "password changed (UTC)")
+    for user in users:
+        table.add_row(user.name, user.role, fmt_time(user.created_at), fmt_time(user.password_changed_at))
+    _console().print(table if users else "no console users yet: `insight-scheduler user add NAME --role admin`")
+    return 0
+
+
+async def cmd_user_remove(args: argparse.Namespace, settings: Settings) -> int:
+    async with _repository(settings) as repo:
+        await repo.remove_user(args.name)
+    print(f"user {args.name} removed; their sessions are ended")
+    return 0
+
+
+async def cmd_user_passwd(args: argparse.Namespace, settings: Settings) -> int:
+    from .console.passwords import hash_password
+    from .repository import utcnow
+
+    async with _repository(settings) as repo:
+        if await repo.user_by_name(args.name) is None:
+            raise UserError(f"no user named {args.name!r}; `user list` shows every user")
+        password_hash = await asyncio.to_thread(hash_password, _read_password(args.password_stdin))
+        await repo.set_password(args.name, password_hash, utcnow())
+    print(f"password of {args.name} changed; their sessions are ended")
+    return 0
 
 
 def _console() -> Console:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
@@ -176,17 +177,40 @@ class CallbackSettings(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> "CallbackSettings":
         if self.listen is not None:
-            host, _, port = self.listen.rpartition(":")
-            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-                raise ValueError(
-                    f"listen must be host:port, e.g. 127.0.0.1:8080 (port 0: any free port) (got {self.listen!r})"
-                )
+            check_listen(self.listen)
         if self.public_url and not self.secret.get_secret_value():
             raise ValueError(
                 "secret is required when public_url is set (it signs the callback URLs); "
                 f"set callbacks.secret or {CALLBACK_SECRET_ENV}"
             )
         return self
+
+
+class ConsoleSettings(_Section):
+    """The web console: its own listener, never the callback port Plum reaches."""
+
+    # host:port of the console's own HTTP server (pages under /console/); unset: no console
+    listen: str | None = None
+    # adds Secure to the session cookie: set it when an https proxy is in front
+    secure_cookie: bool = False
+    session_hours: float = Field(12.0, gt=0, le=24 * 30)
+    # how often the live pages fetch their figures again
+    refresh_seconds: float = Field(3.0, ge=0.2, le=3600)
+    # largest contacts or do-not-call file an upload may bring (streamed to disk, then stored)
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_listen(value)
+        return value
+
+
+def check_listen(value: str) -> None:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"listen must be host:port, e.g. 127.0.0.1:8080 (port 0: any free port) (got {value!r})")
 
 
 class LoggingSettings(_Section):
@@ -201,7 +225,27 @@ class Settings(_Section):
     scheduler: SchedulerSettings = SchedulerSettings()
     contacts: ContactsSettings = ContactsSettings()
     callbacks: CallbackSettings = CallbackSettings()
+    console: ConsoleSettings = ConsoleSettings()
     logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _console_port(self) -> "Settings":
+        if _same_port(self.console.listen, self.callbacks.listen):
+            # The callback port is the one Plum reaches (often from the internet); the console
+            # must never be served there.
+            raise ValueError(
+                f"console.listen: must differ from callbacks.listen ({self.callbacks.listen}): the callback port "
+                "is the one Plum reaches and never serves the console; give the console a port of its own"
+            )
+        return self
+
+
+def _same_port(console: str | None, callbacks: str | None) -> bool:
+    """Equal, or the same fixed port on another address of this host (port 0: each gets its own)."""
+    if console is None or callbacks is None:
+        return False
+    port = console.rpartition(":")[2]
+    return console == callbacks or (port != "0" and port == callbacks.rpartition(":")[2])
 
 
 # Where a key's value came from when it was not the config file: key path -> variable name.
@@ -286,6 +330,9 @@ def _origin(loc: tuple[str, ...], env_names: EnvNames) -> str:
     return ""
 
 
+_NAMES_ITS_KEY = re.compile(r"^[a-z_]+\.[a-z_.]+: ")
+
+
 def format_validation_error(exc: ValidationError, env_names: EnvNames | None = None) -> list[str]:
     env_names = env_names or {}
     problems = []
@@ -294,6 +341,9 @@ def format_validation_error(exc: ValidationError, env_names: EnvNames | None = N
         rule = _unknown_key(loc, env_names) if err["type"] == "extra_forbidden" else _describe(err)
         if err["type"] == "list_type" and loc in env_names:
             rule += "; an environment variable cannot set a list: set it in the config file"
+        if not loc and _NAMES_ITS_KEY.match(rule):  # a check across sections names its key itself
+            problems.append(rule)
+            continue
         problems.append(f"{'.'.join(loc) or '(top level)'}{_origin(loc, env_names)}: {rule}")
     return problems
 

@@ -67,9 +67,11 @@ class DemoOptions:
     calling_window: str | None = None  # with it, contacts are called only in their local hours
     timezone_policy: str = "recipient"
     campaign_timezone: str | None = None
+    console_port: int | None = None  # with it, the web console on this port, open until Ctrl-C
 
 
 def demo_settings(db_url: str, base_url: str, options: DemoOptions, callback_port: int | None = None) -> Settings:
+    console = {"listen": f"127.0.0.1:{options.console_port}"} if options.console_port else {}
     callbacks: dict[str, Any] = {}
     if callback_port is not None:
         callbacks = {"listen": f"127.0.0.1:{callback_port}", "public_url": f"http://127.0.0.1:{callback_port}",
@@ -78,6 +80,7 @@ def demo_settings(db_url: str, base_url: str, options: DemoOptions, callback_por
                 "campaign_timezone": options.campaign_timezone}
     return Settings.model_validate({
         "callbacks": callbacks,
+        "console": console,
         "contacts": contacts,
         "database": {"url": db_url},
         "insight": {"base_url": base_url, "developer_key": DEMO_KEY, "timeout_seconds": 10},
@@ -114,6 +117,8 @@ async def run_demo(options: DemoOptions, console: Console) -> int:
             reattempt_wait=600,
         ))
         started = time.monotonic()
+        if options.console_port:
+            await _console_user(repo, options.console_port, console)
         port = _free_port() if options.callbacks else None
         settings = demo_settings(db_url, base_url, options, port)
         report = await _run_daemon_with_progress(repo, campaign.id, settings, console, sim if port else None)
@@ -164,10 +169,42 @@ async def _run_daemon_with_progress(repo: Repository, campaign_id: int, settings
                 await asyncio.sleep(0.2)
             if sim is not None:
                 await _await_call_results(repo, campaign_id, row.contacts_queued, progress)
+        if settings.console.listen and not task.done():
+            await _keep_console_open(settings.console.listen, console)
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 30)
     return await repo.campaign_report(campaign_id)
+
+
+DEMO_CONSOLE_USER = "admin"
+
+
+async def _console_user(repo: Repository, port: int, console: Console) -> None:
+    """A demo admin with a fresh random password, printed once with the console's URL."""
+    import secrets
+
+    from .console.passwords import hash_password
+
+    password = secrets.token_urlsafe(12)
+    await repo.add_user(DEMO_CONSOLE_USER, "admin", await asyncio.to_thread(hash_password, password),
+                        datetime.now(timezone.utc))
+    console.print(f"web console: http://127.0.0.1:{port}/console/  user {DEMO_CONSOLE_USER}  password {password}",
+                  highlight=False, soft_wrap=True)
+
+
+async def _keep_console_open(listen: str, console: Console) -> None:
+    """The campaign is done; the console stays up for a look until Ctrl-C (or SIGTERM)."""
+    import signal
+
+    console.print(f"the campaign is final; the web console stays open at http://{listen}/console/ "
+                  "until Ctrl-C", highlight=False, soft_wrap=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Kept until the loop closes: a second Ctrl-C while the daemon stops must not interrupt it.
+    for number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(number, stop.set)
+    await stop.wait()
 
 
 async def _only_future_windows(repo: Repository, campaign_id: int, settings: Settings) -> bool:

@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, AsyncIterator, TextIO
 
 from .contacts import unpack_extra
 from .repository import Repository
@@ -31,7 +31,7 @@ def neutralise(cell: Any) -> str:
 async def write_export(repo: Repository, campaign_id: int, path: Path) -> int:
     """Write beside ``path`` and rename over it: a failed export leaves no half-written file."""
     campaign = await repo.get_campaign(campaign_id)
-    extra_names = json.loads(campaign.contacts_header or '{"extra": []}')["extra"]
+    extra_names = extra_columns(campaign.contacts_header)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     # O_EXCL: never write through a file or link that is already there; mode 0o666 keeps the umask's say.
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -49,12 +49,24 @@ async def write_export(repo: Repository, campaign_id: int, path: Path) -> int:
 
 async def _write_rows(handle: TextIO, repo: Repository, campaign_id: int, extra_names: list[str]) -> int:
     writer = csv.writer(handle)
-    writer.writerow(COLUMNS + [neutralise(name) for name in extra_names])
-    count = 0
-    async for row in repo.export_rows(campaign_id):
-        writer.writerow(export_line(row, len(extra_names)))
+    count = -1  # the header is not a contact
+    async for line in export_lines(repo, campaign_id, extra_names):
+        writer.writerow(line)
         count += 1
     return count
+
+
+async def export_lines(repo: Repository, campaign_id: int, extra_names: list[str]) -> AsyncIterator[list[str]]:
+    """The header, then one line per contact (the file `campaign export` writes and the console sends)."""
+    yield COLUMNS + [neutralise(name) for name in extra_names]
+    async for row in repo.export_rows(campaign_id):
+        yield export_line(row, len(extra_names))
+
+
+def extra_columns(contacts_header: str | None) -> list[str]:
+    """The contact's own columns, from what ingestion stored (none before ingestion)."""
+    names: list[str] = json.loads(contacts_header or '{"extra": []}')["extra"]
+    return names
 
 
 def export_line(row: Any, extra_count: int) -> list[str]:

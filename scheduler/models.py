@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -421,3 +422,69 @@ class CampaignDeletion(Base):
     contacts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     deleted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now, server_default=NOW_DEFAULT)
     reported_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+# -- the web console (issue 16) ---------------------------------------------------------
+
+CONSOLE_ROLES = ("admin", "viewer")
+
+# Read by the console's campaigns page every few seconds: requests in the last minute (all
+# campaigns) without scanning every submission ever made.
+Index("ix_submissions_started_at", Submission.started_at)
+# ... and a campaign's latest call results, newest first, without reading its older ones.
+Index("ix_call_results_campaign_id_id", CallResult.campaign_id, CallResult.id)
+
+
+class CallResultCount(Base):
+    """Call results per campaign and status, kept by database triggers on ``call_results``
+    (migration 0009): the console's campaign page reads these few rows instead of counting a
+    million call results every few seconds. ``status`` '' stands for none."""
+
+    __tablename__ = "call_result_counts"
+
+    campaign_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), primary_key=True)
+    results: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+
+
+class ConsoleUser(Base):
+    """Someone who may sign in to the console: an admin steers, a viewer only looks."""
+
+    __tablename__ = "console_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(Text)  # argon2id, never shown
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    password_changed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+
+    __table_args__ = (CheckConstraint("role IN ('admin', 'viewer')", name="role"),)
+
+
+class ConsoleSession(Base):
+    """A signed-in browser. Only the SHA-256 of its cookie is stored, so a copy of the table
+    signs nobody in; every daemon behind a load balancer reads the same rows."""
+
+    __tablename__ = "console_sessions"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("console_users.id", ondelete="CASCADE"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index(None, "user_id"), Index(None, "expires_at"))
+
+
+class ConsoleLoginAttempt(Base):
+    """A sign-in attempt that did not succeed (or is being checked): the per-user throttle,
+    shared by every daemon."""
+
+    __tablename__ = "console_login_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100))
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (Index(None, "username", "attempted_at"),)

@@ -31,6 +31,7 @@ from .models import (
     CampaignStatus,
     Chunk,
     CallResult,
+    CallResultCount,
     ChunkStatus,
     Contact,
     ContactStatus,
@@ -44,6 +45,7 @@ from .ledger import ClaimedChunk
 from .retry import NextStep
 from .stored_files import PackedFile
 from .verify import VerifyQueries
+from .console.queries import ConsoleQueries, PageQueries
 
 if TYPE_CHECKING:
     from .breaker import Snapshot as AccountState
@@ -322,18 +324,25 @@ class AdminQueries(_Store):
                 await self._refresh(session, campaign_id, now)
         return row
 
-    async def campaign_report(self, campaign_id: int) -> CampaignReport:
+    async def campaign_report(self, campaign_id: int, live: bool = False) -> CampaignReport:
+        """``live=True`` (the console, every few seconds): contacts_by_status is left empty and call
+        results come from their counters, so no contact or call result row of the campaign is read."""
         campaign = await self.get_campaign(campaign_id)
         report = CampaignReport(campaign=campaign)
         async with self._read() as session:
             report.chunks_by_status = await _count_by(session, Chunk.status, Chunk.campaign_id == campaign_id)
-            report.contacts_by_status = await _count_by(session, Contact.status, Contact.campaign_id == campaign_id)
+            if not live:
+                report.contacts_by_status = await _count_by(session, Contact.status,
+                                                            Contact.campaign_id == campaign_id)
             by_code = await _count_by(session, Submission.status_code, Submission.campaign_id == campaign_id)
             report.submissions_by_code = {("none" if k is None else str(k)): v for k, v in by_code.items()}
             report.submissions_by_outcome = await _count_by(
                 session, Submission.outcome, Submission.campaign_id == campaign_id
             )
-            results = await _count_by(session, CallResult.status, CallResult.campaign_id == campaign_id)
+            if live:
+                results = await _counted_call_results(session, campaign_id)
+            else:
+                results = await _count_by(session, CallResult.status, CallResult.campaign_id == campaign_id)
             # One final callback per call; Insight's body may carry no number, so count
             # results rather than matched contacts.
             results["awaiting"] = max(0, campaign.contacts_queued - sum(results.values()))
@@ -352,6 +361,13 @@ class AdminQueries(_Store):
                 ).all()
             )
         return report
+
+
+async def _counted_call_results(session: AsyncSession, campaign_id: int) -> dict[Any, int]:
+    """What _count_by(CallResult.status) gives, from the counters the triggers keep (migration 0009)."""
+    found = await session.execute(select(CallResultCount.status, CallResultCount.results)
+                                  .where(CallResultCount.campaign_id == campaign_id, CallResultCount.results > 0))
+    return {(status or None): int(count) for status, count in found.all()}
 
 
 async def _zone_summaries(session: AsyncSession, campaign_id: int) -> list[ZoneSummary]:
@@ -978,5 +994,6 @@ class ResultQueries(_Store):
             return await _count_by(session, CallResult.status, CallResult.campaign_id == campaign_id)
 
 
-class Repository(AdminQueries, DaemonQueries, ResultQueries, VerifyQueries):
+class Repository(AdminQueries, DaemonQueries, ResultQueries, VerifyQueries, ConsoleQueries,
+                 PageQueries):
     """The one door to the database."""

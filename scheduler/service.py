@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +37,9 @@ from .repository import Repository, WindowMove, utcnow
 from .ledger import FINAL_STATUSES
 from .rules import status_problem
 from .web import WebServer, tick_is_recent
+
+if TYPE_CHECKING:
+    from .console.app import ConsoleServer
 
 log = logging.getLogger("scheduler.service")
 
@@ -73,6 +76,7 @@ class Daemon:
         self._tick_task: asyncio.Task[None] | None = None
         self.metrics = Metrics()
         self.web: WebServer | None = None
+        self.console: ConsoleServer | None = None
         self.health = DatabaseHealth(clock)
         self.outbox: Outbox | None = None
 
@@ -120,6 +124,7 @@ class Daemon:
             except OSError as exc:
                 raise UserError(f"callbacks.listen: cannot listen on {self.settings.callbacks.listen}: "
                                 f"{exc.strerror or exc}") from None
+        await self._start_console()
         self._install_signals()
         self._start_scheduler()
         sending = asyncio.get_running_loop().create_task(self.dispatcher.run())
@@ -130,6 +135,22 @@ class Daemon:
             await self.stopped.wait()
         finally:
             await self._shutdown(sending)
+
+    async def _start_console(self) -> None:
+        """The web console on its own listener (never the callback port Plum reaches)."""
+        if not self.settings.console.listen:
+            return
+        from .console.app import ConsoleServer
+
+        assert self.repo is not None
+        self.console = ConsoleServer(self.repo, lambda: self.settings)
+        try:
+            await self.console.start(self.settings.console.listen)
+        except OSError as exc:
+            if self.web is not None:
+                await self.web.stop()
+            raise UserError(f"console.listen: cannot listen on {self.settings.console.listen}: "
+                            f"{exc.strerror or exc}") from None
 
     async def _take_identity(self) -> None:
         """Refuse to run under an id a live daemon uses: two processes acting as one owner
@@ -180,6 +201,8 @@ class Daemon:
         self._close_outbox()
         if self.web is not None:
             await self.web.stop()
+        if self.console is not None:
+            await self.console.stop()
         await self._mark_stopped()
         log.info("stopped")
 

@@ -20,7 +20,7 @@ class Cli:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("INSIGHT_")}
         self.env["PYTHONPATH"] = str(REPO_ROOT)
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 60, **env: str):
+    def __call__(self, *args: str, check: bool = True, timeout: float = 60, input: str | None = None, **env: str):
         result = subprocess.run(
             [sys.executable, "-m", "scheduler", "--config", str(self.config), *args],
             cwd=self.workdir,
@@ -28,6 +28,8 @@ class Cli:
             capture_output=True,
             text=True,
             timeout=timeout,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"exit {result.returncode}\nstdout:{result.stdout}\nstderr:{result.stderr}")

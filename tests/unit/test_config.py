@@ -32,7 +32,7 @@ def test_every_problem_is_reported_with_its_key_path():
             "submission.retry.max_tries: must be >= 1 (got 0)",
             "insight.timeout_seconds: must be a number (got 'abc')",
             "nonsense: unknown key; remove it (known keys here: database, insight, submission, scheduler, "
-            "contacts, callbacks, logging)",
+            "contacts, callbacks, console, logging)",
         ]
     )
 

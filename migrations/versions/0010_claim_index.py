@@ -4,14 +4,14 @@
 ready chunks by walking its pending chunks in ``seq`` order and stopping at the
 first; before, every claim sorted all pending chunks of every campaign.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 """
 from alembic import op
 
 
-revision = '0009'
-down_revision = '0008'
+revision = '0010'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
