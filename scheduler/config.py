@@ -102,8 +102,8 @@ class SubmissionSettings(_Section):
     # Requests reach Plum a few milliseconds after the limiter lets them go, and
     # that delay varies; spacing grants this much wider keeps every one-second
     # window Plum sees within the limit.
-    # 0.03: with several daemons each one's wake-up jitter adds up; 0.01 let 21 into one second
-    # at R=20 on a loaded 2-core machine (three daemons and CI). Costs ~3% of throughput.
+    # 0.01 (~1% of throughput): a request that leaves more than 2 ms late moves the account's
+    # later slots back (dispatcher._push_if_late), so the margin only has to cover arrival jitter.
     rate_limit_margin_seconds: float = Field(0.01, ge=0, le=0.5)
     # A campaign whose first this-many requests are all refused (400) is paused instead of
     # split further (0: never); one accepted request disarms it.

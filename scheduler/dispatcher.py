@@ -30,7 +30,7 @@ from .ingest import recent_since
 from .insight import BulkQueueRequest, InsightClient, SubmitResult
 from .metrics import Metrics
 from .models import Outcome
-from .ratelimit import ClockOffset, RateLimiter
+from .ratelimit import ClockOffset, LatePushes, RateLimiter
 from .ledger import (ACCOUNT_FULL, ENDED_REASON, SLOT_BUILD_SECONDS, AccountFull, AccountLimits, ChunkRows,
                      ClaimedChunk, ClaimTimes, Slot, outage_note)
 from .outbox import DatabaseHealth, LedgerWrite, Outbox, unreachable
@@ -94,8 +94,11 @@ class Dispatcher:
         )
         self._in_flight: set[asyncio.Task[None]] = set()
         self._pushes: set[asyncio.Task[None]] = set()  # late requests moving the schedule back
+        self.late_pushes = LatePushes(LATE_PUSH_SECONDS)
         self._slot_freed = asyncio.Event()
         self._wake = asyncio.Event()
+        self._claims_open = asyncio.Event()
+        self._claims_open.set()
         self._stopping = False
         self._last_campaign_id = 0
         self._next_slot = 0.0  # loop time: this daemon's estimate of the account's next free slot
@@ -122,9 +125,17 @@ class Dispatcher:
     def in_flight(self) -> int:
         return len(self._in_flight)
 
+    def hold_claims(self) -> None:
+        """No new claim until ``open_claims`` (requests already claimed go on)."""
+        self._claims_open.clear()
+
+    def open_claims(self) -> None:
+        self._claims_open.set()
+
     def halt(self) -> None:
         """No new claim, and no claimed request leaves (it is given back)."""
         self._stopping = True
+        self._claims_open.set()  # the claim loop sees _stopping and ends
         self.wake()
         self._slot_freed.set()
         self._breaker_changed.set()
@@ -139,6 +150,10 @@ class Dispatcher:
             task.cancel()
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._pushes:  # before the repository closes
+            await asyncio.wait(set(self._pushes), timeout=WRITE_GRACE_SECONDS)
+        for task in list(self._pushes):
+            task.cancel()
 
     # -- the loop ----------------------------------------------------------------
 
@@ -156,6 +171,7 @@ class Dispatcher:
         await self._learn_database_clock()
         while not self._stopping:
             try:
+                await self._claims_open.wait()
                 await self._one_round()
             except (DatabaseError, SQLAlchemyError, OSError) as exc:
                 if not unreachable(exc):
@@ -287,8 +303,8 @@ class Dispatcher:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             claims = await task
-            for claim, _ in claims if isinstance(claims, list) else []:
-                await self._release(claim)
+            if isinstance(claims, list) and claims:
+                await asyncio.shield(asyncio.gather(*(self._release(claim) for claim, _ in claims)))
             raise
 
     def _finished(self, task: asyncio.Task[None]) -> None:
@@ -366,7 +382,7 @@ class Dispatcher:
             return
         sent: list[bool] = []
         try:
-            result = await self._post(request, slot, permit, sent)
+            result = await self._post(request, slot, started, permit, sent)
             if result is None:  # stopping, or Plum went down before the slot: nothing was sent
                 self.breaker.give_back(permit)
                 await self._release(claim)
@@ -383,25 +399,27 @@ class Dispatcher:
             raise
         await self._record(claim, result, permit)
 
-    async def _post(self, request: BulkQueueRequest, slot: float, permit: Permit,
+    async def _post(self, request: BulkQueueRequest, slot: float, booked_at: float, permit: Permit,
                     sent: list[bool]) -> SubmitResult | None:
         await self.limiter.wait_until(slot)
         if self._stopping or not self.breaker.still_permits(permit):
             return None
         sent.append(True)  # from here the request may reach Plum: a cancellation means unknown
         loop = asyncio.get_running_loop()
+        left_at = loop.time()
         try:
-            return await self.client.bulk_queue(request, lambda: self._push_if_late(loop.time() - slot))
+            return await self.client.bulk_queue(
+                request, lambda: self._push_if_late(self.late_pushes.owed(booked_at, slot, left_at, loop.time())))
         except InvalidRequest as exc:
             return SubmitResult(Outcome.CLIENT_BUG, None, f"request refused before sending: {exc}", None, 0.0)
 
     def _push_if_late(self, late_seconds: float) -> None:
-        """A request that left (its headers written) later than its slot moves the account's later
-        slots back as much:
-        else, R slots on, another daemon's on-time request would put R + 1 requests in one second
-        (the margin absorbs only a little lateness). Booked slots keep their time; a daemon
-        that booked one is at most a few slots ahead, far fewer than R."""
-        if late_seconds <= LATE_PUSH_SECONDS:
+        """A request that left later than its slot moves the account's later slots back as much
+        (ratelimit.LatePushes says how much): else, R slots on, another daemon's on-time request
+        would put R + 1 requests in one second (the margin absorbs only a little lateness).
+        Booked slots keep their time; a daemon that booked one is at most a few slots ahead, far
+        fewer than R."""
+        if late_seconds <= 0:
             return
         self._next_slot += late_seconds
         task = asyncio.get_running_loop().create_task(self._push_schedule(late_seconds))

@@ -12,6 +12,7 @@ import base64
 import csv
 import io
 import json
+import logging
 import re
 import time
 import uuid
@@ -28,6 +29,8 @@ from .config import InsightSettings
 from .errors import InvalidRequest
 from .models import Outcome
 from .rules import WaitBounds, attempt_problems
+
+log = logging.getLogger("scheduler.insight")
 
 MAX_BODY_BYTES = 64 * 1024
 EXCERPT_CHARS = 500
@@ -197,8 +200,6 @@ def multipart_body(request: BulkQueueRequest) -> tuple[str, bytes]:
     Content-Type. Written out as bytes: aiohttp's FormData machinery cost more CPU than the
     rest of sending a request; plain bytes can also be sent again as they are."""
     boundary = uuid.uuid4().hex
-    while boundary.encode("ascii") in request.csv_bytes:  # never in practice; never wrong either
-        boundary = uuid.uuid4().hex
     parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="csv"; filename="{CSV_FILENAME}"\r\n'
              f"Content-Type: text/csv\r\n\r\n".encode("ascii"), request.csv_bytes, b"\r\n"]
     for name, value in request.form_fields().items():
@@ -284,8 +285,12 @@ class InsightClient:
 async def _headers_sent(session: aiohttp.ClientSession, context: SimpleNamespace,
                         params: aiohttp.TraceRequestHeadersSentParams) -> None:
     on_sent = context.trace_request_ctx
-    if on_sent is not None:
+    if on_sent is None:
+        return
+    try:
         on_sent()
+    except Exception:  # noqa: BLE001 - bookkeeping must never turn a request into an unknown outcome
+        log.exception("after sending a request")
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> str:

@@ -167,7 +167,8 @@ def take_slots(conn: Connection, limits: AccountLimits, count: int = 1) -> list[
 
 
 def push_schedule(conn: Connection, account: str, seconds: float) -> None:
-    """Move the account's next free slot back by ``seconds`` (a request left that late)."""
+    """Move the account's next free slot back by ``seconds`` (a request left that late). Also
+    when that slot has passed: the next request must still be an interval after the late one."""
     conn.execute(update(PlumAccount).where(PlumAccount.account == account)
                  .values(rate_next_slot=PlumAccount.rate_next_slot + seconds))
 
@@ -557,10 +558,14 @@ def remember_recent(conn: Connection, since: datetime) -> int:
     table is written only while the frequency cap is on, so turning the cap on first fills it
     with what was queued meanwhile. A newer entry already there stays. Returns rows offered."""
     dialect_insert = postgresql_insert if is_postgres(conn) else sqlite_insert
-    rows = (select(Contact.phone, Contact.campaign_id, Chunk.finished_at)
-            .join(Chunk, Chunk.id == Contact.chunk_id)
-            .where(Chunk.status == ChunkStatus.SUCCEEDED.value, Chunk.finished_at > since,
-                   Contact.status == ContactStatus.QUEUED.value))
+    newest_first = func.row_number().over(partition_by=Contact.phone, order_by=Chunk.finished_at.desc())
+    queued = (select(Contact.phone, Contact.campaign_id, Chunk.finished_at, newest_first.label("nth"))
+              .join(Chunk, Chunk.id == Contact.chunk_id)
+              .where(Chunk.status == ChunkStatus.SUCCEEDED.value, Chunk.finished_at > since,
+                     Contact.status == ContactStatus.QUEUED.value).subquery())
+    # One row per number (PostgreSQL refuses to upsert one row twice in a statement, and two
+    # campaigns may have queued a number while the cap was off): its latest queueing.
+    rows = select(queued.c.phone, queued.c.campaign_id, queued.c.finished_at).where(queued.c.nth == 1)
     statement = dialect_insert(RecentCall).from_select(["number", "campaign_id", "queued_at"], rows)
     result = conn.execute(statement.on_conflict_do_update(
         index_elements=[RecentCall.number],

@@ -142,6 +142,12 @@ class Outbox:
         """Until every earlier answer is in the database."""
         await self._empty.wait()
 
+    async def settled(self) -> None:
+        """Until every answer already being written when called is in the database."""
+        pending = set(self._attempts)
+        while pending & self._attempts.keys():
+            await asyncio.sleep(0.01)
+
     async def write(self, item: LedgerWrite) -> NextStep | None:
         """The step the ledger applied. Returns once the database has it; a cancellation
         before that leaves it in the journal, so it is written at the next start."""

@@ -110,3 +110,37 @@ class ClockOffset:
     def seconds_until(self, db_epoch: float) -> float:
         """From now (our clock) until that moment of the database's clock."""
         return db_epoch - self.seconds - self._clock()
+
+
+class LatePushes:
+    """How far a request that left late moves the account's shared schedule (its later slots).
+
+    Its lateness is how long after its slot this daemon let it go, plus how much longer than
+    usual its headers took to be written: a connect time every request pays (TLS to Plum)
+    delays all of them alike, keeps them evenly spaced, and needs no push. One stall makes
+    several requests late together, all booked before the first push: a push already made
+    after a request was booked counts against its own, so the schedule moves by the largest
+    lateness, not the sum.
+    """
+
+    def __init__(self, threshold_seconds: float, max_push_seconds: float = 1.0, transit_samples: int = 16,
+                 memory_seconds: float = 5.0) -> None:
+        self.threshold_seconds = threshold_seconds
+        self.max_push_seconds = max_push_seconds
+        self.memory_seconds = memory_seconds
+        self._transits: deque[float] = deque(maxlen=transit_samples)
+        self._pushes: deque[tuple[float, float]] = deque()  # (when made, seconds)
+
+    def owed(self, booked_at: float, slot: float, left_at: float, sent_at: float) -> float:
+        """Seconds to push the schedule by (0: none) for a request booked at ``booked_at`` for
+        ``slot``, let go at ``left_at``, its headers written at ``sent_at`` (one clock)."""
+        transit = sent_at - left_at
+        self._transits.append(transit)
+        late = (left_at - slot) + (transit - min(self._transits))
+        while self._pushes and self._pushes[0][0] < sent_at - self.memory_seconds:
+            self._pushes.popleft()
+        owed = min(late, self.max_push_seconds) - sum(seconds for made, seconds in self._pushes if made > booked_at)
+        if late <= self.threshold_seconds or owed <= 0:
+            return 0.0
+        self._pushes.append((sent_at, owed))
+        return owed

@@ -234,8 +234,15 @@ class _Store:
             assert self._sqlite_sync is not None
             conn = self._thread_conn = self._sqlite_sync.connect()
         conn.execution_options(**{READ_ONLY: read_only})
-        with conn.begin():
-            return function(conn, *args)
+        try:
+            with conn.begin():
+                return function(conn, *args)
+        except BaseException:
+            # A failed rollback can leave SQLite's transaction open, and every later BEGIN would
+            # then fail on this connection: the next call opens a fresh one.
+            self._thread_conn = None
+            conn.invalidate()
+            raise
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncSession]:

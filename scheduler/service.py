@@ -68,7 +68,7 @@ class Daemon:
         self.stopped = asyncio.Event()
         self.last_tick_at: datetime | None = None
         self._ingesting: dict[int, asyncio.Task[bool]] = {}
-        self._recent_calls_known = False  # recent_calls learnt from the ledger (frequency cap on)
+        self._learning: asyncio.Task[None] | None = None  # recent_calls learning from the ledger
         self._finished: set[int] = set()  # campaigns seen final this tick: their ledger is checked
         self.repo: Repository | None = None
         self.dispatcher: Dispatcher | None = None
@@ -127,6 +127,7 @@ class Daemon:
         await self._start_console()
         self._install_signals()
         self._start_scheduler()
+        self._learn_recent_calls()
         sending = asyncio.get_running_loop().create_task(self.dispatcher.run())
         log.info("daemon %s started: polling every %ss, %s requests/s, %s in flight", self.worker,
                  self.settings.scheduler.poll_interval_seconds, self.settings.submission.rate_limit_per_second,
@@ -195,9 +196,10 @@ class Daemon:
             self._tick_task.cancel()
         await asyncio.wait({stopping}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()) + 1.0)
         sending.cancel()
-        for task in [sending, *self._ingesting.values()]:
+        tasks = [sending, *self._ingesting.values(), *([self._learning] if self._learning else [])]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(sending, *self._ingesting.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._close_outbox()
         if self.web is not None:
             await self.web.stop()
@@ -255,13 +257,14 @@ class Daemon:
         if settings.database.url != self.settings.database.url:
             log.warning("SIGHUP: database.url changes need a restart; keeping %s", db.safe_url(self.settings.database.url))
             settings = settings.model_copy(update={"database": self.settings.database})
-        if settings.contacts.min_hours_between_calls > self.settings.contacts.min_hours_between_calls:
-            self._recent_calls_known = False  # learn the newly covered hours at the next tick
+        cap_raised = settings.contacts.min_hours_between_calls > self.settings.contacts.min_hours_between_calls
         self.settings = settings
         if self.secret_filter is not None:
             configure_logging(settings, self.secret_filter)
         if self.dispatcher is not None:
             self.dispatcher.reconfigure(settings)
+            if cap_raised:
+                self._learn_recent_calls()
 
     # -- the tick ----------------------------------------------------------------
 
@@ -291,7 +294,6 @@ class Daemon:
         await self.dispatcher.save_breaker()
         await self.repo.housekeeping(now, self.dispatcher.breaker.since)
         await self._verify_finished()
-        await self._remember_recent_calls(now)
         await self._roll_windows(now)
         lease_until = now + timedelta(seconds=self.settings.scheduler.lease_seconds)
         for campaign in await self.repo.campaigns_to_start(now, self.worker):
@@ -306,18 +308,36 @@ class Daemon:
         self.dispatcher.wake()
         await self._update_metrics(now)
 
-    async def _remember_recent_calls(self, now: datetime) -> None:
+    def _learn_recent_calls(self) -> None:
         """Answers write ``recent_calls`` only while the frequency cap is on (it cost more than
-        the rest of an answer's bookkeeping); once after the cap is on, at start or on SIGHUP,
-        the table learns from the ledger what was queued within the cap's hours."""
-        assert self.repo is not None
-        since = recent_since(self.settings, now)
-        if since is None or self._recent_calls_known:
+        the rest of an answer's bookkeeping). So when the cap comes on (at start, or a SIGHUP
+        that raises it) claims wait until the table has learnt from the ledger every number
+        queued within the cap's hours."""
+        assert self.dispatcher is not None
+        if recent_since(self.settings, self.clock()) is None:
             return
-        offered = await self.repo.remember_recent_calls(since)
-        self._recent_calls_known = True
-        log.info("frequency cap on (%s h): %d number(s) queued within it learnt from the ledger",
-                 self.settings.contacts.min_hours_between_calls, offered)
+        self.dispatcher.hold_claims()
+        if self._learning is not None:
+            self._learning.cancel()
+        self._learning = asyncio.get_running_loop().create_task(self._learn_then_claim())
+
+    async def _learn_then_claim(self) -> None:
+        assert self.repo is not None and self.dispatcher is not None and self.outbox is not None
+        await self.outbox.settled()  # answers written under the old setting are in the ledger first
+        while True:
+            since = recent_since(self.settings, self.clock())
+            if since is None:
+                break
+            try:
+                offered = await self.repo.remember_recent_calls(since)
+            except (DatabaseError, SQLAlchemyError, OSError) as exc:
+                self.health.failed(exc, "learning the calls within contacts.min_hours_between_calls")
+                await asyncio.sleep(self.settings.scheduler.poll_interval_seconds)
+                continue
+            log.info("frequency cap on (%s h): %d number(s) queued within it learnt from the ledger before "
+                     "any claim", self.settings.contacts.min_hours_between_calls, offered)
+            break
+        self.dispatcher.open_claims()
 
     async def _review_campaigns(self, now: datetime) -> None:
         """What admins did since the last tick, each logged once by one daemon: deleted rows,

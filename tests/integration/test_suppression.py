@@ -4,6 +4,8 @@ import asyncio
 import csv
 from datetime import datetime, timezone
 
+import pytest
+
 from scheduler.export import write_export
 from tests.support.harness import campaign, e164, rows, running_daemon, settings_for, simulator, valid_numbers, \
     wait_for, write_contacts
@@ -100,23 +102,32 @@ async def test_without_the_cap_the_same_number_may_be_called_by_two_campaigns(re
     assert await rows(repo, "SELECT count(*) FROM recent_calls") == [(0,)]
 
 
-async def test_a_cap_turned_on_later_knows_what_was_queued_while_it_was_off(repo, db_url, tmp_path):
+@pytest.mark.parametrize("how", ["restart", "sighup"])
+async def test_a_cap_turned_on_later_knows_what_was_queued_while_it_was_off(repo, db_url, tmp_path, how):
     numbers = valid_numbers(30)
     first = write_contacts(tmp_path / "first.csv", numbers[:20])
     second = write_contacts(tmp_path / "second.csv", numbers[10:30])  # 10 numbers in common
     async with simulator() as sim:
         settings = settings_for(db_url, sim.base_url)
         a = await repo.create_campaign(campaign(first, name="first"))
-        async with running_daemon(settings):  # no cap
+        again = await repo.create_campaign(campaign(first, name="first again"))  # the same numbers twice
+        async with running_daemon(settings) as daemon:  # no cap
             await wait_for(repo, a.id, FINAL)
-        settings.contacts.min_hours_between_calls = 24
-        async with running_daemon(settings):  # restarted with the cap on
-            b = await repo.create_campaign(campaign(second, name="second"))
-            done = await wait_for(repo, b.id, FINAL)
-    assert sim.stats()["numbers_queued_more_than_once"] == 0
+            await wait_for(repo, again.id, FINAL)
+            capped_settings = settings.model_copy(deep=True)
+            capped_settings.contacts.min_hours_between_calls = 24
+            if how == "sighup":
+                daemon.apply_settings(capped_settings)  # what SIGHUP does with the new file
+                b = await repo.create_campaign(campaign(second, name="second"))
+                done = await wait_for(repo, b.id, FINAL)
+        if how == "restart":
+            async with running_daemon(capped_settings):
+                b = await repo.create_campaign(campaign(second, name="second"))
+                done = await wait_for(repo, b.id, FINAL)
+    assert sim.stats()["contacts_queued"] == 20 + 20 + 10  # the first file twice (no cap then), then 10 new
     capped = await rows(repo, "SELECT phone FROM contacts WHERE campaign_id = :id AND status = 'recently_contacted'",
                         id=b.id)
     assert {p for p, in capped} == {e164(n) for n in numbers[10:20]}
     assert done.contacts_queued == 10
-    recent = await rows(repo, "SELECT campaign_id, count(*) FROM recent_calls GROUP BY campaign_id ORDER BY 1")
-    assert recent == [(a.id, 20), (b.id, 10)]  # each number queued, by the campaign that queued it
+    recent = await rows(repo, "SELECT count(*), count(DISTINCT number) FROM recent_calls")
+    assert recent == [(30, 30)]  # each number once, at its latest queueing
