@@ -12,7 +12,8 @@ import secrets
 import socket
 from datetime import datetime, timedelta
 from importlib import metadata
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable
 
 from .models import Worker
 
@@ -55,6 +56,28 @@ def holder_alive(row: Worker | None, now: datetime, poll_interval_seconds: float
     if row.last_tick_at < dead_before(now, poll_interval_seconds):
         return False
     return not (row.host == host and row.pid is not None and not is_alive(row.pid))
+
+
+def process_space() -> str | None:
+    """This process's pid space: the boot id and the pid namespace (None where /proc lacks them).
+    Two daemons with the same one see each other's processes; a hostname alone does not say
+    that (containers sharing the host's name have pid namespaces of their own)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return None
+
+
+def gone_at_once(rows: Iterable[Worker], space: str | None, me: str,
+                 is_alive: Callable[[int], bool] = pid_alive) -> list[str]:
+    """Daemons not stopped cleanly whose process, in this process's pid space, no longer exists
+    (killed -9): dead now, whatever their last heartbeat says."""
+    if space is None:
+        return []
+    return [row.worker_id for row in rows
+            if row.worker_id != me and row.process_space == space and row.stopped_at is None
+            and row.pid is not None and not is_alive(row.pid)]
 
 
 def id_in_use_message(worker_id: str, row: Worker) -> str:

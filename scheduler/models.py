@@ -347,6 +347,9 @@ class Worker(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     version: Mapped[str | None] = mapped_column(String(32))
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime())  # a clean stop
+    # Which process ids ``pid`` belongs to (boot id and pid namespace): another daemon in the
+    # same space sees at once that the process is gone (kill -9), without waiting 3 polls.
+    process_space: Mapped[str | None] = mapped_column(String(128))
 
 
 class CampaignFile(Base):

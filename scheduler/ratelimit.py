@@ -120,7 +120,8 @@ class LatePushes:
     delays all of them alike, keeps them evenly spaced, and needs no push. One stall makes
     several requests late together, all booked before the first push: a push already made
     after a request was booked counts against its own, so the schedule moves by the largest
-    lateness, not the sum.
+    lateness, not the sum. Lateness up to ``threshold_seconds`` (half the margin) is left to
+    the margin; only what exceeds it is pushed.
     """
 
     def __init__(self, threshold_seconds: float, max_push_seconds: float = 1.0, transit_samples: int = 16,
@@ -139,8 +140,9 @@ class LatePushes:
         late = (left_at - slot) + (transit - min(self._transits))
         while self._pushes and self._pushes[0][0] < sent_at - self.memory_seconds:
             self._pushes.popleft()
-        owed = min(late, self.max_push_seconds) - sum(seconds for made, seconds in self._pushes if made > booked_at)
-        if late <= self.threshold_seconds or owed <= 0:
+        owed = (min(late - self.threshold_seconds, self.max_push_seconds)
+                - sum(seconds for made, seconds in self._pushes if made > booked_at))
+        if owed <= 0:
             return 0.0
         self._pushes.append((sent_at, owed))
         return owed

@@ -883,7 +883,8 @@ class ResultQueries(_Store):
         async with self._write() as session:
             await session.execute(update(Worker).where(Worker.worker_id == worker).values(last_tick_at=now))
 
-    async def register_worker(self, worker: str, now: datetime, host: str, pid: int, version: str) -> None:
+    async def register_worker(self, worker: str, now: datetime, host: str, pid: int, version: str,
+                              process_space: str | None = None) -> None:
         """This process now runs under ``worker`` (the caller checked nobody alive does)."""
         async with self._write() as session:
             row = await session.get(Worker, worker)
@@ -892,8 +893,15 @@ class ResultQueries(_Store):
                 session.add(row)
             row.started_at = row.last_tick_at = now
             row.host, row.pid, row.version, row.stopped_at = host, pid, version, None
+            row.process_space = process_space
             # Each process has its own id by default: forget daemons gone for a week.
             await session.execute(delete(Worker).where(Worker.last_tick_at < now - WORKER_MEMORY))
+
+    async def workers_in_space(self, process_space: str, seen_since: datetime) -> Sequence[Worker]:
+        """Daemons of one pid space that ticked since ``seen_since`` (see identity.gone_at_once)."""
+        async with self._read() as session:
+            return (await session.scalars(select(Worker).where(
+                Worker.process_space == process_space, Worker.last_tick_at >= seen_since))).all()
 
     async def worker_stopped(self, worker: str, now: datetime) -> None:
         async with self._write() as session:

@@ -69,6 +69,8 @@ class Daemon:
         self.last_tick_at: datetime | None = None
         self._ingesting: dict[int, asyncio.Task[bool]] = {}
         self._learning: asyncio.Task[None] | None = None  # recent_calls learning from the ledger
+        self._process_space = identity.process_space()
+        self._seen_gone: set[str] = set()
         self._finished: set[int] = set()  # campaigns seen final this tick: their ledger is checked
         self.repo: Repository | None = None
         self.dispatcher: Dispatcher | None = None
@@ -162,7 +164,8 @@ class Daemon:
         if holder is not None and holder.pid != os.getpid() and identity.holder_alive(
                 holder, now, self.settings.scheduler.poll_interval_seconds, host):
             raise UserError(identity.id_in_use_message(self.worker, holder))
-        await self.repo.register_worker(self.worker, now, host, os.getpid(), identity.package_version())
+        await self.repo.register_worker(self.worker, now, host, os.getpid(), identity.package_version(),
+                                        self._process_space)
 
     async def _apply_journals(self) -> None:
         """Answers a previous life could not write (the database was down when it stopped or was
@@ -290,7 +293,8 @@ class Daemon:
         await self.repo.heartbeat(self.worker, now)
         self.health.ok()
         await self._review_campaigns(now)
-        await self.repo.abandon_submitting(now, identity.dead_before(now, self.settings.scheduler.poll_interval_seconds))
+        dead_before = identity.dead_before(now, self.settings.scheduler.poll_interval_seconds)
+        await self.repo.abandon_submitting(now, dead_before, await self._killed_here(dead_before))
         await self.dispatcher.save_breaker()
         await self.repo.housekeeping(now, self.dispatcher.breaker.since)
         await self._verify_finished()
@@ -307,6 +311,19 @@ class Daemon:
         self.last_tick_at = now
         self.dispatcher.wake()
         await self._update_metrics(now)
+
+    async def _killed_here(self, dead_before: datetime) -> list[str]:
+        """Daemons in this pid space whose process is gone: their claims need not wait 3 polls."""
+        assert self.repo is not None
+        if self._process_space is None:
+            return []
+        rows = await self.repo.workers_in_space(self._process_space, dead_before)
+        gone = identity.gone_at_once(rows, self._process_space, self.worker)
+        for worker in set(gone) - self._seen_gone:
+            log.warning("daemon %s on this host is gone (its process ended without stopping): its requests in "
+                        "flight become unknown now, its ingestion is restarted", worker)
+        self._seen_gone |= set(gone)
+        return gone
 
     def _learn_recent_calls(self) -> None:
         """Answers write ``recent_calls`` only while the frequency cap is on (it cost more than
