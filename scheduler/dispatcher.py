@@ -52,6 +52,9 @@ CLAIM_TIME_SMOOTHING = 0.2
 # Extra lead while no place in flight was short for PLACES_MEMORY_SECONDS (see _claim_lead).
 SPARE_LEAD_SECONDS = 0.02
 PLACES_MEMORY_SECONDS = 1.0
+# A request later than margin / this pushes the schedule: the rest of the margin is left for
+# jitter on the way to Plum (with 1/2, a single daemon put 51 in one second at R=50 here).
+PUSH_FROM_MARGIN_SHARE = 4
 CLOCK_SAMPLES = 8
 # With the account's requests all out (perhaps other daemons'), how often to look again.
 ROOM_POLL_SECONDS = 0.05
@@ -92,7 +95,7 @@ class Dispatcher:
         )
         self._in_flight: set[asyncio.Task[None]] = set()
         self._pushes: set[asyncio.Task[None]] = set()  # late requests moving the schedule back
-        self.late_pushes = LatePushes(settings.submission.rate_limit_margin_seconds / 2)
+        self.late_pushes = LatePushes(settings.submission.rate_limit_margin_seconds / PUSH_FROM_MARGIN_SHARE)
         self._slot_freed = asyncio.Event()
         self._wake = asyncio.Event()
         self._claims_open = asyncio.Event()
@@ -114,7 +117,7 @@ class Dispatcher:
         """New rate, concurrency, credentials and retry policy apply to the next request."""
         self.settings = settings
         self.limiter.configure(settings.submission.rate_limit_per_second, settings.submission.rate_limit_margin_seconds)
-        self.late_pushes.threshold_seconds = settings.submission.rate_limit_margin_seconds / 2
+        self.late_pushes.threshold_seconds = settings.submission.rate_limit_margin_seconds / PUSH_FROM_MARGIN_SHARE
         self.client.reconfigure(settings.insight)
         self.breaker.reconfigure(settings.submission.outage)
         self._slot_freed.set()
