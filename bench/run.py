@@ -5,6 +5,8 @@
                                    # rows 3 and 11 use the server at INSIGHT_BENCH_PG_URL, row 10 a
                                    # throw-away cluster of its own)
     BENCH_DEBUG=1 python bench/run.py --only 11   # + where each request's in-flight place went (stderr)
+    BENCH_DEBUG=1 python bench/run.py --only 12   # + the daemon's CPU per request by thread (stderr)
+    BENCH_PROFILE=DIR python bench/run.py --only 12   # + a py-spy profile of each daemon, in DIR
     python bench/run.py --quick    # smaller sizes, for a smoke run
     python bench/run.py --only 1,2 # some rows
 
