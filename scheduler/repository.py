@@ -741,10 +741,6 @@ class DaemonQueries(_Store):
             if expired_at is not None:
                 await self._refresh(session, claim.campaign_id, expired_at)
 
-    async def chunk_contacts(self, chunk_id: int) -> list[tuple[str, str | None]]:
-        """(E.164, packed other columns) of a chunk's contacts, in file order."""
-        return await self._ledger(ledger.chunk_contacts, chunk_id, read_only=True)
-
     async def next_ready_at(self, now: datetime) -> datetime | None:
         """When the earliest waiting retry becomes ready (for the dispatcher's sleep)."""
         async with self._read() as session:
