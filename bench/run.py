@@ -757,7 +757,8 @@ def profiled(proc: subprocess.Popen, name: str) -> subprocess.Popen | None:
     folder = os.environ.get("BENCH_PROFILE")
     if not folder:
         return None
-    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--threads", "--gil",
+    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--threads",
+                             *os.environ.get("BENCH_PROFILE_FLAGS", "--gil").split(),
                              "--rate", "250", "--format", "raw", "-o", f"{folder}/{name}.txt", "--pid",
                              str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

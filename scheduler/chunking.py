@@ -68,3 +68,35 @@ def halves(items: Sequence[T]) -> tuple[Sequence[T], Sequence[T]]:
     """Split a rejected chunk in two so only the rows Plum refuses end up rejected."""
     middle = (len(items) + 1) // 2
     return items[:middle], items[middle:]
+
+
+def body_format(phone_column: str, number_format: str) -> str:
+    """What a stored request body depends on besides its contacts (config insight.phone_column and
+    insight.number_format): a body built under another is not used (see ledger.chunk_payload)."""
+    return f"{number_format}:{phone_column}"
+
+
+class BodyBuilder:
+    """Each chunk's request CSV, built once at ingestion from the rows as stored (the same bytes
+    ``packed_chunk_csv`` makes at send time), so sending reads one value instead of a thousand
+    rows and writes no CSV (issue 15). A chunk's body is ready when it holds ``chunk_size``
+    contacts, or at the end of the file."""
+
+    def __init__(self, phone_column: str, extra_names: Sequence[str], number_format: str, chunk_size: int) -> None:
+        self.phone_column, self.extra_names, self.number_format = phone_column, list(extra_names), number_format
+        self.chunk_size = chunk_size
+        self._open: dict[int, list[tuple[str, str | None]]] = {}
+
+    def add(self, seq: int, phone: str, packed: str | None) -> tuple[int, int, bytes] | None:
+        """A contact of chunk ``seq``; (seq, contacts, body) when that fills the chunk."""
+        rows = self._open.setdefault(seq, [])
+        rows.append((phone, packed))
+        return self._body(seq) if len(rows) >= self.chunk_size else None
+
+    def rest(self) -> list[tuple[int, int, bytes]]:
+        """The bodies of the chunks the file ended in (not full)."""
+        return [self._body(seq) for seq in sorted(self._open)]
+
+    def _body(self, seq: int) -> tuple[int, int, bytes]:
+        rows = self._open.pop(seq)
+        return seq, len(rows), packed_chunk_csv(self.phone_column, self.extra_names, rows, self.number_format)

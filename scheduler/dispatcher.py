@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import windows
 from .breaker import Breaker, Change, Health, Permit, account_key, health_of
-from .chunking import packed_chunk_csv
+from .chunking import body_format, packed_chunk_csv
 from .callbacks import signed_url
 from .config import Settings
 from .errors import DatabaseError, InvalidRequest
@@ -31,7 +31,7 @@ from .insight import BulkQueueRequest, InsightClient, SubmitResult
 from .metrics import Metrics
 from .models import Outcome
 from .ratelimit import ClockOffset, LatePushes, RateLimiter
-from .ledger import (ACCOUNT_FULL, ENDED_REASON, SLOT_BUILD_SECONDS, AccountFull, AccountLimits, ChunkRows,
+from .ledger import (ACCOUNT_FULL, ENDED_REASON, SLOT_BUILD_SECONDS, AccountFull, AccountLimits, Payload,
                      ClaimedChunk, ClaimTimes, Slot, outage_note)
 from .outbox import DatabaseHealth, LedgerWrite, Outbox, unreachable
 from .repository import Repository, utcnow
@@ -213,7 +213,7 @@ class Dispatcher:
         for claim, rows in claims:
             self._start_sending(claim, rows, permit)
 
-    def _start_sending(self, claim: ClaimedChunk, rows: ChunkRows, permit: Permit) -> None:
+    def _start_sending(self, claim: ClaimedChunk, rows: Payload, permit: Permit) -> None:
         slot = self._local_slot(claim.slot)
         self._next_slot = slot + self.limiter.interval_seconds
         if permit is Permit.PROBE:
@@ -291,14 +291,15 @@ class Dispatcher:
     def limits(self) -> AccountLimits:
         return AccountLimits(self.account, self.limiter.interval_seconds, self.settings.submission.max_concurrency)
 
-    async def _claim_shielded(self, most: int) -> list[tuple[ClaimedChunk, ChunkRows]] | AccountFull:
+    async def _claim_shielded(self, most: int) -> list[tuple[ClaimedChunk, Payload]] | AccountFull:
         # Claims that committed must not be lost to a cancellation: give them back.
         now = self.clock()
         lease = timedelta(seconds=self.settings.insight.timeout_seconds + LEASE_SLACK_SECONDS)
         times = ClaimTimes(now=now, lease_until=now + lease, open_until=now + windows.MIN_WINDOW,
                            opens_by=now + timedelta(seconds=self.settings.scheduler.lead_seconds))
         task = asyncio.ensure_future(self.repo.claim_chunks(
-            self.worker, times, self._last_campaign_id, recent_since(self.settings, now), self.limits(), most))
+            self.worker, times, self._last_campaign_id, recent_since(self.settings, now), self.limits(), most,
+            body_format(self.settings.insight.phone_column, self.settings.insight.number_format)))
         started = asyncio.get_running_loop().time()
         task.add_done_callback(lambda _: self._time_claim(asyncio.get_running_loop().time() - started))
         try:
@@ -364,7 +365,7 @@ class Dispatcher:
         await self.outbox.write(LedgerWrite("release", claim, self.clock(), worker=self.worker,
                                             expired_at=expired_at, reason=reason))
 
-    async def _send(self, claim: ClaimedChunk, rows: ChunkRows, slot: float, permit: Permit = Permit.NORMAL) -> None:
+    async def _send(self, claim: ClaimedChunk, rows: Payload, slot: float, permit: Permit = Permit.NORMAL) -> None:
         started = asyncio.get_running_loop().time()
         now = self.clock()
         try:
@@ -434,11 +435,14 @@ class Dispatcher:
         except (DatabaseError, SQLAlchemyError, OSError) as exc:  # the claim loop reports the database
             log.debug("could not move the account's rate schedule by %.3f s: %s", seconds, exc)
 
-    def _build_request(self, claim: ClaimedChunk, rows: ChunkRows) -> BulkQueueRequest:
+    def _build_request(self, claim: ClaimedChunk, rows: Payload) -> BulkQueueRequest:
         start, end = claim.call_window(self.clock())
-        names = json.loads(claim.contacts_header or '{"extra": []}')["extra"]
-        csv_bytes = packed_chunk_csv(self.settings.insight.phone_column, names, rows,
-                                     self.settings.insight.number_format)
+        if isinstance(rows, bytes):  # as built at ingestion, for these contacts and this config
+            csv_bytes = rows
+        else:
+            names = json.loads(claim.contacts_header or '{"extra": []}')["extra"]
+            csv_bytes = packed_chunk_csv(self.settings.insight.phone_column, names, rows,
+                                         self.settings.insight.number_format)
         return BulkQueueRequest(
             survey_id=claim.survey_id,
             instance_id=claim.instance_id,

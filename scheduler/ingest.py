@@ -20,7 +20,8 @@ from typing import Any, AsyncIterator, Callable, Iterator, TypeVar
 from .config import Settings
 from .errors import LedgerKept
 from .contacts import ContactsFileError, ContactsHeader, ParsedContact, iter_contacts, pack_extra
-from .repository import ContactTuple, NewChunk
+from .chunking import BodyBuilder, body_format
+from .repository import ChunkBodyTuple, ContactTuple, NewChunk
 from . import stored_files, windows
 from .models import Campaign
 from .phones import Normaliser, ZoneLookup
@@ -160,9 +161,16 @@ def row_problems(campaign: Campaign, settings: Settings) -> list[str]:
     )
 
 
-def _next_batch(rows: Iterator[ParsedContact], assigner: ChunkAssigner) -> tuple[list[NewChunk], list[ContactTuple]]:
-    """Read, parse and assign one batch."""
-    return assigner.assign(list(itertools.islice(rows, BATCH_ROWS)))
+Batch = tuple[list[NewChunk], list[ContactTuple], list[ChunkBodyTuple]]
+
+
+def _next_batch(rows: Iterator[ParsedContact], assigner: ChunkAssigner, bodies: BodyBuilder) -> Batch:
+    """Read, parse and assign one batch; the request bodies of the chunks it filled."""
+    new_chunks, contact_rows = assigner.assign(list(itertools.islice(rows, BATCH_ROWS)))
+    add = bodies.add
+    filled = [body for row in contact_rows if row[6] is not None
+              and (body := add(row[6], row[2] or "", row[3])) is not None]
+    return new_chunks, contact_rows, filled
 
 
 # -- where the file is parsed ------------------------------------------------------
@@ -175,18 +183,26 @@ _process_state: dict[str, Any] = {}  # a worker process serves one ingestion onl
 
 
 def _child_open(state: dict[str, Any] | None, path: str, candidates: list[str], region: str, chunk_size: int,
-                plan: WindowPlan | None) -> ContactsHeader:
+                plan: WindowPlan | None, phone_column: str, number_format: str) -> ContactsHeader:
     normaliser = Normaliser(region)  # shared: the time-zone lookup reuses the number types it works out
     header, rows = iter_contacts(Path(path), candidates, region, normaliser,
                                  cwd_name="the daemon's working directory")
     assigner = ChunkAssigner(chunk_size, plan, zones=ZoneLookup(normaliser))
-    (_process_state if state is None else state).update(rows=rows, assigner=assigner)
+    bodies = BodyBuilder(phone_column, header.extra_names, number_format, chunk_size)
+    (_process_state if state is None else state).update(rows=rows, assigner=assigner, bodies=bodies)
     return header
 
 
-def _child_next(state: dict[str, Any] | None) -> tuple[list[NewChunk], list[ContactTuple]]:
+def _child_next(state: dict[str, Any] | None) -> Batch:
     state = _process_state if state is None else state
-    return _next_batch(state["rows"], state["assigner"])
+    return _next_batch(state["rows"], state["assigner"], state["bodies"])
+
+
+def _child_rest(state: dict[str, Any] | None) -> list[ChunkBodyTuple]:
+    """The bodies of the chunks still open at the end of the file."""
+    state = _process_state if state is None else state
+    bodies: BodyBuilder = state["bodies"]
+    return bodies.rest()
 
 
 def _child_counts(state: dict[str, Any] | None) -> dict[str, int]:
@@ -285,18 +301,21 @@ async def _stream_into_database(
     chunk_size = campaign.chunk_size or settings.submission.chunk_size
     lease = timedelta(seconds=settings.scheduler.lease_seconds)
     reader = _Reader(path)
+    body_key = body_format(settings.insight.phone_column, settings.insight.number_format)
     try:
         plan = window_plan(campaign, settings, clock())
         header = await reader.call(_child_open, str(path), list(contacts.phone_columns),
-                                   contacts.default_region, chunk_size, plan)
+                                   contacts.default_region, chunk_size, plan, settings.insight.phone_column,
+                                   settings.insight.number_format)
         upcoming = asyncio.ensure_future(reader.call(_child_next))
         while True:
-            chunks, contact_rows = await upcoming
+            chunks, contact_rows, bodies = await upcoming
             if not contact_rows:
                 break
             upcoming = asyncio.ensure_future(reader.call(_child_next))  # parse the next batch meanwhile
-            await repo.add_ingested_batch(campaign.id, worker, chunks, contact_rows)
+            await repo.add_ingested_batch(campaign.id, worker, chunks, contact_rows, bodies, body_key)
             await repo.extend_campaign_lease(campaign.id, worker, clock() + lease)
+        await repo.add_ingested_batch(campaign.id, worker, [], [], await reader.call(_child_rest), body_key)
         counts = await reader.call(_child_counts)
     except BaseException:
         reader.close(wait=False)

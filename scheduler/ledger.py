@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import Boolean, Float, Integer, String, and_, bindparam, func, insert, literal, select, update
+from sqlalchemy import Boolean, Float, Integer, String, and_, bindparam, delete, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -31,6 +31,7 @@ from .models import (
     PlumAccount,
     CampaignStatus,
     Chunk,
+    ChunkBody,
     ChunkStatus,
     Contact,
     ContactStatus,
@@ -312,18 +313,20 @@ def claim_next(
 
 
 ChunkRows = list[tuple[str, str | None]]
+# What a claim hands the sender: the chunk's stored request CSV, or its contacts to build it from.
+Payload = bytes | ChunkRows
 
 
 def claim_to_send(
     conn: Connection, worker: str, times: ClaimTimes, after_campaign_id: int, recent_since: datetime | None,
-    limits: AccountLimits | None, most: int,
-) -> list[tuple[ClaimedChunk, ChunkRows]] | AccountFull:
-    """``claim_batch``, with each claimed chunk's contacts to send, read in the same transaction
-    (one transaction and one thread hop fewer for every request)."""
+    limits: AccountLimits | None, most: int, body_format: str = "",
+) -> list[tuple[ClaimedChunk, Payload]] | AccountFull:
+    """``claim_batch``, with what each claimed chunk sends (``chunk_payload``), read in the same
+    transaction (one transaction and one thread hop fewer for every request)."""
     claims = claim_batch(conn, worker, times, after_campaign_id, recent_since, limits, most)
     if isinstance(claims, AccountFull):
         return claims
-    return [(claim, chunk_contacts(conn, claim.chunk_id)) for claim in claims]
+    return [(claim, chunk_payload(conn, claim, body_format)) for claim in claims]
 
 
 def claim_batch(
@@ -423,6 +426,8 @@ class HotSql:
     suppress: Any
     suppress_recent: Any
     contacts_to_send: Any
+    body: Any
+    drop_body: Any
 
 
 _HOT_SQL: dict[str, HotSql] = {}
@@ -437,6 +442,7 @@ def hot_sql(conn: Connection) -> HotSql:
 
 def _build_record_sql() -> dict[str, Any]:
     campaign_id: Any = bindparam("campaign_id")
+    chunk_id: Any = bindparam("chunk_id")
     answer = update(Submission).where(Submission.id == bindparam("b_id")).values(
         finished_at=bindparam("b_finished_at", type_=UTCDateTime()), status_code=bindparam("b_status_code"),
         outcome=bindparam("b_outcome"), error=bindparam("b_error"), response_excerpt=bindparam("b_excerpt"),
@@ -444,13 +450,16 @@ def _build_record_sql() -> dict[str, Any]:
     still_open = select(Chunk.id).where(Chunk.campaign_id == campaign_id, Chunk.status.in_(OPEN_CHUNK)).limit(1)
     return dict(
         answer=answer,
-        fence=select(Chunk.status, Chunk.claim_token).where(Chunk.id == bindparam("chunk_id")),
+        fence=select(Chunk.status, Chunk.claim_token).where(Chunk.id == chunk_id),
         still_open=still_open,
         lock_campaign=select(Campaign.id).where(Campaign.id == campaign_id).with_for_update(),
         settle=select(Campaign.status, still_open.scalar_subquery().label("open_chunk"))
         .where(Campaign.id == campaign_id),
         campaign_state=select(Campaign.status, Campaign.ingested_at, Campaign.contacts_valid)
         .where(Campaign.id == campaign_id),
+        body=select(ChunkBody.contacts, ChunkBody.format, ChunkBody.body)
+        .where(ChunkBody.chunk_id == chunk_id, ChunkBody.campaign_id == campaign_id),
+        drop_body=delete(ChunkBody).where(ChunkBody.chunk_id == chunk_id),
         contacts_to_send=select(Contact.phone, Contact.extra)
         .where(Contact.chunk_id == bindparam("chunk_id"), Contact.status == ContactStatus.PENDING.value)
         .order_by(Contact.row_number))
@@ -574,6 +583,17 @@ def remember_recent(conn: Connection, since: datetime) -> int:
     return int(result.rowcount or 0)
 
 
+def chunk_payload(conn: Connection, claim: ClaimedChunk, body_format: str) -> Payload:
+    """The chunk's request CSV as built at ingestion, while it holds exactly the contacts to send
+    now (the claim's count, after suppressions) in ``body_format`` (the config's); else the
+    contacts to build it from. Contacts only ever leave a chunk's pending set, so the same count
+    means the same contacts."""
+    stored = conn.execute(hot_sql(conn).body, {"chunk_id": claim.chunk_id, "campaign_id": claim.campaign_id}).first()
+    if stored is not None and stored.contacts == claim.contact_count and stored.format == body_format:
+        return bytes(stored.body)
+    return chunk_contacts(conn, claim.chunk_id)
+
+
 def chunk_contacts(conn: Connection, chunk_id: int) -> ChunkRows:
     """(E.164, packed other columns) of a chunk's contacts, in file order."""
     rows = conn.execute(hot_sql(conn).contacts_to_send, {"chunk_id": chunk_id})
@@ -683,6 +703,8 @@ def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datet
         if step is Step.SUCCEEDED:
             released["last_error"] = None
         move(FINAL_STEPS[step], finished_at=now)
+        if step is Step.SUCCEEDED:
+            conn.execute(hot_sql(conn).drop_body, {"chunk_id": claim.chunk_id})  # never sent again
         if step is Step.SUCCEEDED and remember_calls:
             remember_queued(conn, claim.chunk_id, claim.campaign_id, now)
         if step is Step.UNKNOWN:

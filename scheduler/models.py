@@ -368,6 +368,22 @@ class CampaignFile(Base):
     stored_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=_now)
 
 
+class ChunkBody(Base):
+    """A chunk's request CSV, built at ingestion (chunking.BodyBuilder): a claim sends it as it is
+    while it still holds exactly the chunk's contacts to send (``contacts`` = the chunk's
+    ``contact_count``) in the configured ``format``; otherwise the CSV is built from the contacts
+    (a suppression took some out, the config changed, a chunk split). Internal: admins never
+    edit it; it goes with its chunk, and is dropped once the chunk succeeded."""
+
+    __tablename__ = "chunk_bodies"
+
+    chunk_id: Mapped[int] = mapped_column(ForeignKey("chunks.id", ondelete="CASCADE"), primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(Integer)  # checked too: a body is never another campaign's
+    contacts: Mapped[int] = mapped_column(Integer)
+    format: Mapped[str] = mapped_column(Text)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class PlumAccount(Base):
     """One row per Plum account (base URL + user): the circuit breaker as admins see it."""
 

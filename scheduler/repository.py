@@ -30,6 +30,7 @@ from .models import (
     CampaignFile,
     CampaignStatus,
     Chunk,
+    ChunkBody,
     CallResult,
     CallResultCount,
     ChunkStatus,
@@ -415,6 +416,7 @@ CONNECT_ERROR_WORDS = ("connect", "unable to open database", "does not exist", "
 # (row_number, raw_phone, phone, extra JSON, status, reason, chunk_seq)
 ContactTuple = tuple[int, str, "str | None", str, str, "str | None", "int | None"]
 NewChunk = tuple[int, "str | None", "datetime | None", "datetime | None"]  # seq, time zones, window
+ChunkBodyTuple = tuple[int, int, bytes]  # seq, contacts, request CSV (chunking.BodyBuilder)
 CONTACT_COLUMNS = ("campaign_id", "row_number", "raw_phone", "phone", "extra", "status", "reason", "chunk_id")
 
 
@@ -627,9 +629,11 @@ class DaemonQueries(_Store):
             await session.execute(delete(Chunk).where(Chunk.campaign_id == campaign_id))
 
     async def add_ingested_batch(self, campaign_id: int, worker: str, new_chunks: list[NewChunk],
-                                 contacts: list[ContactTuple]) -> None:
-        """New chunks ``(seq, timezones, window_start_at, window_end_at)`` and contacts
-        ``(row_number, raw_phone, phone, extra, status, reason, chunk_seq)``.
+                                 contacts: list[ContactTuple], bodies: Sequence[ChunkBodyTuple] = (),
+                                 body_format: str = "") -> None:
+        """New chunks ``(seq, timezones, window_start_at, window_end_at)``, contacts
+        ``(row_number, raw_phone, phone, extra, status, reason, chunk_seq)`` and the request
+        bodies ``(seq, contacts, csv)`` of chunks filled (built under ``body_format``).
 
         The hot path of a million-row ingestion: rows go to the driver as tuples
         (executemany on SQLite, COPY on PostgreSQL), not through the ORM.
@@ -644,7 +648,7 @@ class DaemonQueries(_Store):
                           attempts=0, created_at=now, updated_at=now, timezones=zones, window_start_at=start,
                           window_end_at=end) for seq, zones, start, end in new_chunks],
                 )
-            seqs = {c[6] for c in contacts if c[6] is not None}
+            seqs = {c[6] for c in contacts if c[6] is not None} | {seq for seq, _, _ in bodies}
             ids: dict[int, int] = {}
             if seqs:
                 rows = await session.execute(
@@ -654,6 +658,10 @@ class DaemonQueries(_Store):
                 ids = {seq: chunk_id for seq, chunk_id in rows.all()}
             records = [(campaign_id, *c[:6], None if c[6] is None else ids[c[6]]) for c in contacts]
             await _bulk_insert_contacts(await session.connection(), records)
+            if bodies:
+                await session.execute(insert(ChunkBody), [
+                    dict(chunk_id=ids[seq], campaign_id=campaign_id, contacts=count, format=body_format, body=body)
+                    for seq, count, body in bodies])
 
     async def finish_ingestion(
         self, campaign_id: int, worker: str, header_json: str, counts: dict[str, int], now: datetime,
@@ -701,12 +709,13 @@ class DaemonQueries(_Store):
 
     async def claim_chunks(
         self, worker: str, times: ledger.ClaimTimes, after_campaign_id: int, recent_since: datetime | None,
-        limits: ledger.AccountLimits | None, most: int,
-    ) -> list[tuple[ClaimedChunk, ledger.ChunkRows]] | ledger.AccountFull:
+        limits: ledger.AccountLimits | None, most: int, body_format: str = "",
+    ) -> list[tuple[ClaimedChunk, ledger.Payload]] | ledger.AccountFull:
         """Up to ``most`` chunks in one transaction (see ``claim_next_chunk``), each with its own
-        send slot and the contacts to send; never more than the account's free places in flight."""
+        send slot and what it sends (``ledger.chunk_payload``: its stored request CSV when built
+        under ``body_format``); never more than the account's free places in flight."""
         return await self._ledger(ledger.claim_to_send, worker, times, after_campaign_id, recent_since, limits,
-                                  most)
+                                  most, body_format)
 
     async def push_rate_schedule(self, account: str, seconds: float) -> None:
         """A request left ``seconds`` after its slot: the account's later slots move as much."""

@@ -5,7 +5,7 @@ import pytest
 
 from hypothesis import given, settings, strategies as st
 
-from scheduler.chunking import chunk_csv, format_number, halves, packed_chunk_csv
+from scheduler.chunking import BodyBuilder, chunk_csv, format_number, halves, packed_chunk_csv
 from scheduler.contacts import pack_extra
 from scheduler.config import RetrySettings
 from scheduler.contacts import ParsedContact
@@ -32,6 +32,34 @@ def test_packed_rows_are_written_exactly_as_chunk_csv_writes_them(shape, fmt):
     packed = [("+16172531000", pack_extra(values) if count else None) for values in rows]
     assert packed_chunk_csv("phone_number", names, packed, fmt) == chunk_csv(
         "phone_number", names, [("+16172531000", values) for values in rows], fmt)
+
+
+@given(st.integers(1, 4), st.lists(st.tuples(st.integers(0, 5), st.text(max_size=6)), max_size=30))
+@settings(max_examples=200, deadline=None)
+def test_bodies_built_at_ingestion_are_each_chunks_csv(chunk_size, contacts):
+    """Contacts arrive for chunks in any order (calling windows fill one chunk per time zone):
+    every contact is in exactly one body, each body is packed_chunk_csv of its chunk's rows in
+    arrival order, emitted as soon as the chunk is full, the rest at the end."""
+    builder = BodyBuilder("phone_number", ["name"], "tel", chunk_size)
+    expected: dict[int, list[tuple[str, str | None]]] = {}
+    filled: dict[int, int] = {}  # per group: its chunks already full
+    bodies = []
+    for i, (group, name) in enumerate(contacts):
+        seq = group * 100 + filled.get(group, 0)  # the group's open chunk
+        row = (f"+1617253{i:04d}", pack_extra([name]))
+        expected.setdefault(seq, []).append(row)
+        full = builder.add(seq, *row)
+        if full is not None:
+            assert full[1] == chunk_size == len(expected[seq])
+            bodies.append(full)
+            filled[group] = filled.get(group, 0) + 1
+        else:
+            assert len(expected[seq]) < chunk_size
+    bodies += builder.rest()
+    built = {seq: (count, body) for seq, count, body in bodies}
+    assert len(built) == len(bodies) and set(built) == set(expected)
+    for seq, rows in expected.items():
+        assert built[seq] == (len(rows), packed_chunk_csv("phone_number", ["name"], rows, "tel"))
 
 
 @pytest.mark.parametrize("fmt, out", [("e164", "+16172531000"), ("tel", "tel:+16172531000"), ("digits", "16172531000")])
