@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import multiprocessing
+from operator import itemgetter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -161,16 +162,19 @@ def row_problems(campaign: Campaign, settings: Settings) -> list[str]:
     )
 
 
-Batch = tuple[list[NewChunk], list[ContactTuple], list[ChunkBodyTuple]]
+def _next_batch(rows: Iterator[ParsedContact], assigner: ChunkAssigner) -> tuple[list[NewChunk], list[ContactTuple]]:
+    """Read, parse and assign one batch."""
+    return assigner.assign(list(itertools.islice(rows, BATCH_ROWS)))
 
 
-def _next_batch(rows: Iterator[ParsedContact], assigner: ChunkAssigner, bodies: BodyBuilder) -> Batch:
-    """Read, parse and assign one batch; the request bodies of the chunks it filled."""
-    new_chunks, contact_rows = assigner.assign(list(itertools.islice(rows, BATCH_ROWS)))
-    add = bodies.add
-    filled = [body for row in contact_rows if row[6] is not None
-              and (body := add(row[6], row[2] or "", row[3])) is not None]
-    return new_chunks, contact_rows, filled
+def filled_bodies(bodies: BodyBuilder, contact_rows: list[ContactTuple]) -> list[ChunkBodyTuple]:
+    """The request bodies of the chunks these contacts filled. Built here, not in the parser: the
+    parser is ingestion's bottleneck, and this process waits for it."""
+    filled = []
+    for seq, rows in itertools.groupby(contact_rows, key=itemgetter(6)):  # a chunk's rows follow each other
+        if seq is not None and (body := bodies.add(seq, [(row[2] or "", row[3]) for row in rows])) is not None:
+            filled.append(body)
+    return filled
 
 
 # -- where the file is parsed ------------------------------------------------------
@@ -183,26 +187,18 @@ _process_state: dict[str, Any] = {}  # a worker process serves one ingestion onl
 
 
 def _child_open(state: dict[str, Any] | None, path: str, candidates: list[str], region: str, chunk_size: int,
-                plan: WindowPlan | None, phone_column: str, number_format: str) -> ContactsHeader:
+                plan: WindowPlan | None) -> ContactsHeader:
     normaliser = Normaliser(region)  # shared: the time-zone lookup reuses the number types it works out
     header, rows = iter_contacts(Path(path), candidates, region, normaliser,
                                  cwd_name="the daemon's working directory")
     assigner = ChunkAssigner(chunk_size, plan, zones=ZoneLookup(normaliser))
-    bodies = BodyBuilder(phone_column, header.extra_names, number_format, chunk_size)
-    (_process_state if state is None else state).update(rows=rows, assigner=assigner, bodies=bodies)
+    (_process_state if state is None else state).update(rows=rows, assigner=assigner)
     return header
 
 
-def _child_next(state: dict[str, Any] | None) -> Batch:
+def _child_next(state: dict[str, Any] | None) -> tuple[list[NewChunk], list[ContactTuple]]:
     state = _process_state if state is None else state
-    return _next_batch(state["rows"], state["assigner"], state["bodies"])
-
-
-def _child_rest(state: dict[str, Any] | None) -> list[ChunkBodyTuple]:
-    """The bodies of the chunks still open at the end of the file."""
-    state = _process_state if state is None else state
-    bodies: BodyBuilder = state["bodies"]
-    return bodies.rest()
+    return _next_batch(state["rows"], state["assigner"])
 
 
 def _child_counts(state: dict[str, Any] | None) -> dict[str, int]:
@@ -305,17 +301,24 @@ async def _stream_into_database(
     try:
         plan = window_plan(campaign, settings, clock())
         header = await reader.call(_child_open, str(path), list(contacts.phone_columns),
-                                   contacts.default_region, chunk_size, plan, settings.insight.phone_column,
-                                   settings.insight.number_format)
+                                   contacts.default_region, chunk_size, plan)
+        bodies = BodyBuilder(settings.insight.phone_column, header.extra_names, settings.insight.number_format,
+                             chunk_size)
         upcoming = asyncio.ensure_future(reader.call(_child_next))
+        filled: list[ChunkBodyTuple] = []
         while True:
-            chunks, contact_rows, bodies = await upcoming
+            chunks, contact_rows = await upcoming
             if not contact_rows:
                 break
             upcoming = asyncio.ensure_future(reader.call(_child_next))  # parse the next batch meanwhile
-            await repo.add_ingested_batch(campaign.id, worker, chunks, contact_rows, bodies, body_key)
+            # The bodies this batch fills are built (in a thread) while the database writes it
+            # (they go with the next batch): the parser keeps one core busy, and the writes run
+            # in SQLite's C code most of the time.
+            filled, _ = await asyncio.gather(
+                asyncio.to_thread(filled_bodies, bodies, contact_rows),
+                repo.add_ingested_batch(campaign.id, worker, chunks, contact_rows, filled, body_key))
             await repo.extend_campaign_lease(campaign.id, worker, clock() + lease)
-        await repo.add_ingested_batch(campaign.id, worker, [], [], await reader.call(_child_rest), body_key)
+        await repo.add_ingested_batch(campaign.id, worker, [], [], filled + bodies.rest(), body_key)
         counts = await reader.call(_child_counts)
     except BaseException:
         reader.close(wait=False)
