@@ -23,6 +23,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from . import states
 from .chunking import halves
+from .prepared import Prepared
 from .models import (
     FINAL_CAMPAIGN_STATUSES,
     CallResult,
@@ -134,7 +135,7 @@ def _account_row(conn: Connection, account: str) -> None:
 
 def in_flight(conn: Connection) -> int:
     """Requests out at Plum now, by every daemon: chunks being submitted."""
-    return int(conn.scalar(hot_sql(conn).in_flight) or 0)
+    return int(hot_sql(conn).in_flight.run(conn).scalar() or 0)
 
 
 # A slot free at once is booked this far ahead: the time to build and send the request once
@@ -159,19 +160,22 @@ def take_slots(conn: Connection, limits: AccountLimits, count: int = 1) -> list[
     clock). Slots are spaced ``interval_seconds`` apart whatever daemon takes them, so a daemon
     joining or restarting never bursts."""
     params = {"b_account": limits.account, "interval": limits.interval_seconds, "count": count}
-    booked = conn.execute(hot_sql(conn).slots, params).first()
+    booked = hot_sql(conn).slots.run(conn, params).first()
     if booked is None:  # the account's first claim (SQLite: the write transaction is the lock)
         _account_row(conn, limits.account)
-        booked = conn.execute(hot_sql(conn).slots, params).one()
+        booked = hot_sql(conn).slots.run(conn, params).one()
     at, now = float(booked[0]), float(booked[1])
     return [Slot(at + i * limits.interval_seconds, now) for i in range(count)]
+
+
+_PUSH = Prepared(update(PlumAccount).where(PlumAccount.account == bindparam("b_account"))
+                 .values(rate_next_slot=PlumAccount.rate_next_slot + bindparam("b_seconds", type_=Float())))
 
 
 def push_schedule(conn: Connection, account: str, seconds: float) -> None:
     """Move the account's next free slot back by ``seconds`` (a request left that late). Also
     when that slot has passed: the next request must still be an interval after the late one."""
-    conn.execute(update(PlumAccount).where(PlumAccount.account == account)
-                 .values(rate_next_slot=PlumAccount.rate_next_slot + seconds))
+    _PUSH.run(conn, {"b_account": account, "b_seconds": seconds})
 
 
 def database_clock(conn: Connection) -> float:
@@ -217,7 +221,7 @@ def move_chunks(conn: Connection, /, where: ColumnElement[bool] | list[int], sou
     states.check_move(sources, target)
     if isinstance(where, list):
         statement, params = _move_by_ids(sources, target, values)
-        rows = conn.execute(statement, {**params, "ids": where, "b_now": now}).all()
+        rows = statement.run(conn, {**params, "ids": where, "b_now": now}).all()
     else:
         rows = conn.execute(update(Chunk).where(where, Chunk.status.in_([s.value for s in sources]))
                             .values(status=target.value, updated_at=now, **values)
@@ -233,11 +237,11 @@ def move_chunks(conn: Connection, /, where: ColumnElement[bool] | list[int], sou
 ATTEMPT_GIVEN_BACK = Chunk.attempts - 1
 OUTAGE_TRY = Chunk.outage_tries + 1
 _SHARED_EXPRESSIONS = {id(ATTEMPT_GIVEN_BACK), id(OUTAGE_TRY)}
-_MOVES: dict[tuple[Any, ...], Any] = {}
+_MOVES: dict[tuple[Any, ...], Prepared] = {}
 
 
 def _move_by_ids(sources: tuple[ChunkStatus, ...], target: ChunkStatus,
-                 values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+                 values: dict[str, Any]) -> tuple[Prepared, dict[str, Any]]:
     """The UPDATE for a move of chunks by id, built once per shape (the statement of every
     answer: building it cost more than running it); plain values become parameters."""
     if any(isinstance(v, ColumnElement) and id(v) not in _SHARED_EXPRESSIONS for v in values.values()):
@@ -249,15 +253,16 @@ def _move_by_ids(sources: tuple[ChunkStatus, ...], target: ChunkStatus,
         columns = Chunk.__table__.c
         sets = {k: v if isinstance(v, ColumnElement) else bindparam(f"b_{k}", type_=columns[k].type)
                 for k, v in values.items()}
-        _MOVES[key] = (update(Chunk)
-                       .where(Chunk.id.in_(bindparam("ids", expanding=True)),
-                              Chunk.status.in_([s.value for s in sources]))
-                       .values(status=target.value, updated_at=bindparam("b_now", type_=UTCDateTime()), **sets)
-                       .returning(Chunk.id, Chunk.campaign_id))
+        _MOVES[key] = Prepared(update(Chunk)
+                                .where(Chunk.id.in_(bindparam("ids", expanding=True)),
+                                       Chunk.status.in_([s.value for s in sources]))
+                                .values(status=target.value, updated_at=bindparam("b_now", type_=UTCDateTime()),
+                                        **sets)
+                                .returning(Chunk.id, Chunk.campaign_id))
     return _MOVES[key], params
 
 
-_CONTACT_MOVES: dict[tuple[Any, ...], Any] = {}
+_CONTACT_MOVES: dict[tuple[Any, ...], Prepared] = {}
 
 
 def _move_contacts(conn: Connection, chunk_ids: list[int], status: ContactStatus, reason: str | None,
@@ -268,10 +273,10 @@ def _move_contacts(conn: Connection, chunk_ids: list[int], status: ContactStatus
         values: dict[str, Any] = {"status": status.value}
         if reason is not None:
             values["reason"] = bindparam("b_reason")
-        _CONTACT_MOVES[key] = update(Contact).where(Contact.chunk_id.in_(bindparam("ids", expanding=True)),
-                                                    Contact.status.in_(waiting)).values(**values)
+        _CONTACT_MOVES[key] = Prepared(update(Contact).where(Contact.chunk_id.in_(bindparam("ids", expanding=True)),
+                                                             Contact.status.in_(waiting)).values(**values))
     for start in range(0, len(chunk_ids), 500):
-        conn.execute(_CONTACT_MOVES[key], {"ids": chunk_ids[start:start + 500], "b_reason": reason})
+        _CONTACT_MOVES[key].run(conn, {"ids": chunk_ids[start:start + 500], "b_reason": reason})
 
 
 def close_unsent(conn: Connection, campaign_ids: Any, status: ChunkStatus, reason: str | None,
@@ -345,7 +350,7 @@ def claim_batch(
         most = min(most, limits.max_in_flight - in_flight(conn))
         if most <= 0:
             return ACCOUNT_FULL
-    campaigns = conn.execute(sql.running, {"now": times.now}).all()
+    campaigns = sql.running.run(conn, {"now": times.now}).all()
     for campaign in _round_robin(campaigns, after_campaign_id):
         rows = _claimable(conn, sql, campaign, times, recent_since, most)
         if rows:
@@ -366,7 +371,7 @@ def _claimable(conn: Connection, sql: "HotSql", campaign: Any, times: ClaimTimes
     params = {"campaign_id": campaign.id, "now": times.now, "opens_by": times.opens_by,
               "open_until": times.open_until, "most": most}
     while True:
-        rows = conn.execute(sql.ready, params).all()
+        rows = sql.ready.run(conn, params).all()
         if not rows:
             return []
         removed = suppress_in_chunks(conn, [row.id for row in rows], campaign.id, times.now, recent_since)
@@ -387,13 +392,13 @@ def _take(conn: Connection, sql: "HotSql", worker: str, times: ClaimTimes, campa
     each with its ``sending`` submission row and, with limits, its send slot."""
     now = times.now
     states.check_move((ChunkStatus.PENDING,), ChunkStatus.SUBMITTING)  # contacts stay pending (CONTACT_OF)
-    conn.execute(sql.to_submitting, {"ids": [row.id for row, _ in rows], "worker": worker, "now": now,
+    sql.to_submitting.run(conn, {"ids": [row.id for row, _ in rows], "worker": worker, "now": now,
                                      "lease_until": times.lease_until})
     slots = take_slots(conn, limits, len(rows)) if limits is not None else [None] * len(rows)
     claims = []
     for (row, remaining), slot in zip(rows, slots):
         attempt, token = row.attempts + 1, row.claim_token + 1
-        submission_id: int = conn.execute(sql.new_submission, {
+        submission_id: int = sql.new_submission.run(conn, {
             "campaign_id": campaign.id, "chunk_id": row.id, "attempt": attempt, "worker": worker,
             "started_at": now, "outcome": "sending", "contact_count": remaining}).scalar_one()
         claims.append(ClaimedChunk(
@@ -408,26 +413,27 @@ def _take(conn: Connection, sql: "HotSql", worker: str, times: ClaimTimes, campa
 
 @dataclass(frozen=True)
 class HotSql:
-    """The statements of every request (claim, answer), built once per dialect: building and
-    cache-keying a statement cost more than running it on SQLite (about half of a claim's CPU)."""
+    """The statements of every request (claim, answer), built once per dialect and prepared
+    (see prepared.py): building, cache-keying and running a statement through SQLAlchemy cost
+    several times what SQLite takes to run it."""
 
-    running: Any
-    ready: Any
-    to_submitting: Any
-    new_submission: Any
-    in_flight: Any
-    slots: Any
-    answer: Any
-    fence: Any
-    still_open: Any
-    lock_campaign: Any
-    settle: Any
-    campaign_state: Any
-    suppress: Any
-    suppress_recent: Any
-    contacts_to_send: Any
-    body: Any
-    drop_body: Any
+    running: Prepared
+    ready: Prepared
+    to_submitting: Prepared
+    new_submission: Prepared
+    in_flight: Prepared
+    slots: Prepared
+    answer: Prepared
+    fence: Prepared
+    still_open: Prepared
+    lock_campaign: Prepared
+    settle: Prepared
+    campaign_state: Prepared
+    suppress: Prepared
+    suppress_recent: Prepared
+    contacts_to_send: Prepared
+    body: Prepared
+    drop_body: Prepared
 
 
 _HOT_SQL: dict[str, HotSql] = {}
@@ -436,7 +442,8 @@ _HOT_SQL: dict[str, HotSql] = {}
 def hot_sql(conn: Connection) -> HotSql:
     name = conn.dialect.name
     if name not in _HOT_SQL:
-        _HOT_SQL[name] = HotSql(**_build_claim_sql(conn), **_build_record_sql(), **_suppress_sql())
+        statements = {**_build_claim_sql(conn), **_build_record_sql(), **_suppress_sql()}
+        _HOT_SQL[name] = HotSql(**{key: Prepared(statement) for key, statement in statements.items()})
     return _HOT_SQL[name]
 
 
@@ -530,7 +537,7 @@ def suppress_in_chunks(conn: Connection, chunk_ids: list[int], campaign_id: int,
     params: dict[str, Any] = {"ids": chunk_ids, "b_campaign_id": campaign_id, "b_since": recent_since}
     removed: dict[int, int] = {}
     for statement in (sql.suppress, sql.suppress_recent) if recent_since is not None else (sql.suppress,):
-        for chunk_id in conn.execute(statement, params).scalars():
+        for chunk_id in statement.run(conn, params).scalars():
             removed[int(chunk_id or 0)] = removed.get(int(chunk_id or 0), 0) + 1
     for chunk_id, count in removed.items():
         conn.execute(update(Chunk).where(Chunk.id == chunk_id).values(
@@ -588,7 +595,7 @@ def chunk_payload(conn: Connection, claim: ClaimedChunk, body_format: str) -> Pa
     now (the claim's count, after suppressions) in ``body_format`` (the config's); else the
     contacts to build it from. Contacts only ever leave a chunk's pending set, so the same count
     means the same contacts."""
-    stored = conn.execute(hot_sql(conn).body, {"chunk_id": claim.chunk_id, "campaign_id": claim.campaign_id}).first()
+    stored = hot_sql(conn).body.run(conn, {"chunk_id": claim.chunk_id, "campaign_id": claim.campaign_id}).first()
     if stored is not None and stored.contacts == claim.contact_count and stored.format == body_format:
         return bytes(stored.body)
     return chunk_contacts(conn, claim.chunk_id)
@@ -596,7 +603,7 @@ def chunk_payload(conn: Connection, claim: ClaimedChunk, body_format: str) -> Pa
 
 def chunk_contacts(conn: Connection, chunk_id: int) -> ChunkRows:
     """(E.164, packed other columns) of a chunk's contacts, in file order."""
-    rows = conn.execute(hot_sql(conn).contacts_to_send, {"chunk_id": chunk_id})
+    rows = hot_sql(conn).contacts_to_send.run(conn, {"chunk_id": chunk_id})
     return [(phone or "", extra) for phone, extra in rows.all()]  # pending contacts always have a number
 
 
@@ -606,11 +613,11 @@ def record(conn: Connection, claim: ClaimedChunk, worker: str, result: Any, plan
     step applied (it may differ from ``plan``), or None when the chunk is no longer this claim's.
     ``remember_calls``: write the numbers queued to ``recent_calls`` (the frequency cap is on)."""
     sql = hot_sql(conn)
-    conn.execute(sql.answer, {
+    sql.answer.run(conn, {
         "b_id": claim.submission_id, "b_finished_at": now, "b_status_code": result.status_code,
         "b_outcome": result.outcome.value, "b_error": result.error, "b_excerpt": result.excerpt,
         "b_latency": result.latency_seconds})
-    chunk = conn.execute(sql.fence, {"chunk_id": claim.chunk_id}).first()
+    chunk = sql.fence.run(conn, {"chunk_id": claim.chunk_id}).first()
     # The fence: a chunk claimed again since (by any daemon, this one included) is that
     # claim's. Without a new claim our real answer is the truth, even after the chunk was
     # declared unknown, or then resent, cancelled or expired before anyone sent it again.
@@ -633,8 +640,8 @@ def _settle_after_answer(conn: Connection, campaign_id: int, now: datetime, succ
     (two statements fewer for every answer)."""
     sql = hot_sql(conn)
     if is_postgres(conn):
-        conn.execute(sql.lock_campaign, {"campaign_id": campaign_id})  # see refresh_if_settled
-    state = conn.execute(sql.settle, {"campaign_id": campaign_id}).first()
+        sql.lock_campaign.run(conn, {"campaign_id": campaign_id})  # see refresh_if_settled
+    state = sql.settle.run(conn, {"campaign_id": campaign_id}).first()
     if state is None:
         return
     if state.open_chunk is None:
@@ -704,7 +711,7 @@ def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datet
             released["last_error"] = None
         move(FINAL_STEPS[step], finished_at=now)
         if step is Step.SUCCEEDED:
-            conn.execute(hot_sql(conn).drop_body, {"chunk_id": claim.chunk_id})  # never sent again
+            hot_sql(conn).drop_body.run(conn, {"chunk_id": claim.chunk_id})  # never sent again
         if step is Step.SUCCEEDED and remember_calls:
             remember_queued(conn, claim.chunk_id, claim.campaign_id, now)
         if step is Step.UNKNOWN:
@@ -791,7 +798,7 @@ def reconcile_called(conn: Connection, chunk_ids: list[int], now: datetime) -> l
 def _complete_if_clean(conn: Connection, campaign_id: int, now: datetime) -> None:
     """A campaign that finished with errors only because of unknown chunks is completed once
     call results reconciled them all."""
-    campaign = conn.execute(hot_sql(conn).campaign_state, {"campaign_id": campaign_id}).first()
+    campaign = hot_sql(conn).campaign_state.run(conn, {"campaign_id": campaign_id}).first()
     if campaign is None or campaign.status != CampaignStatus.COMPLETED_WITH_ERRORS.value:
         return
     counts = dict(conn.execute(select(Chunk.status, func.count()).where(Chunk.campaign_id == campaign_id)
@@ -816,8 +823,8 @@ def refresh_if_settled(conn: Connection, campaign_id: int, now: datetime) -> Non
         # Lock before looking: else this answer and a concurrent close of the unsent chunks (a
         # cancel) each see the other's chunks as still open or not yet answered, both skip or
         # miscount, and the campaign is left with stale counters (seen: 30 queued for 40).
-        conn.execute(hot_sql(conn).lock_campaign, {"campaign_id": campaign_id})
-    still_open = conn.scalar(hot_sql(conn).still_open, {"campaign_id": campaign_id})
+        hot_sql(conn).lock_campaign.run(conn, {"campaign_id": campaign_id})
+    still_open = hot_sql(conn).still_open.run(conn, {"campaign_id": campaign_id}).scalar()
     if still_open is None:
         refresh(conn, campaign_id, now)
 
