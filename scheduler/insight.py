@@ -180,18 +180,24 @@ def check_request(request: BulkQueueRequest, settings: InsightSettings) -> None:
     _check_csv(request.csv_bytes, settings.phone_column)
 
 
+_NOT_SPACE = re.compile(rb"\S")
+
+
 def _check_csv(data: bytes, phone_column: str) -> None:
-    if not data.strip():
+    # Looks at the header line and for one more character, without copying the rest (a chunk
+    # of 1,000 contacts is ~60 KB, checked before every request).
+    if _NOT_SPACE.search(data) is None:
         raise InvalidRequest("csv", "must not be empty")
+    end = data.find(b"\n")
     try:
-        first_line = data.split(b"\n", 1)[0].decode("utf-8-sig")
+        first_line = (data if end < 0 else data[:end]).decode("utf-8-sig")
     except UnicodeDecodeError:
         raise InvalidRequest("csv", "must be UTF-8 text") from None
     header = next(csv.reader(io.StringIO(first_line)), [])
     if not header or header[0].strip() != phone_column:
         found = header[0] if header else ""
         raise InvalidRequest("csv", f"first header must be {phone_column!r} (found {found!r})")
-    if data.count(b"\n") < 1 or not data.split(b"\n", 1)[1].strip():
+    if end < 0 or _NOT_SPACE.search(data, end + 1) is None:
         raise InvalidRequest("csv", "has a header but no contacts")
 
 

@@ -506,7 +506,10 @@ def _build_claim_sql(conn: Connection) -> dict[str, Any]:
              .returning(PlumAccount.rate_next_slot - interval * count, db_epoch(conn)))
     return dict(
         running=running, ready=ready, to_submitting=to_submitting,
-        new_submission=insert(Submission).returning(Submission.id),
+        new_submission=insert(Submission).values(
+            campaign_id=bindparam("campaign_id"), chunk_id=bindparam("chunk_id"), attempt=bindparam("attempt"),
+            worker=bindparam("worker"), started_at=bindparam("started_at", type_=UTCDateTime()),
+            outcome=bindparam("outcome"), contact_count=bindparam("contact_count")).returning(Submission.id),
         in_flight=select(func.count()).select_from(Chunk).where(Chunk.status == ChunkStatus.SUBMITTING.value),
         slots=slots)
 

@@ -109,7 +109,10 @@ class _Compiled:
 
 
 class Prepared:
-    """A statement run with ``run(conn, params)``; see the module's docstring."""
+    """A statement run with ``run(conn, params)``; see the module's docstring. It is compiled
+    once, without the parameters' keys: an INSERT or UPDATE names what it sets (``.values()``
+    with bindparams), and every column SQLAlchemy would fill from a Python default must be set
+    (else compiling refuses)."""
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement

@@ -234,7 +234,8 @@ class _Store:
         if conn is None or conn.closed or conn.invalidated:
             assert self._sqlite_sync is not None
             conn = self._thread_conn = self._sqlite_sync.connect()
-        conn.execution_options(**{READ_ONLY: read_only})
+        if conn.get_execution_options().get(READ_ONLY, False) != read_only:  # setting it costs ~20 µs
+            conn.execution_options(**{READ_ONLY: read_only})
         try:
             with conn.begin():
                 return function(conn, *args)
