@@ -429,6 +429,7 @@ class HotSql:
     lock_campaign: Prepared
     settle: Prepared
     campaign_state: Prepared
+    any_suppression: Prepared
     suppress: Prepared
     suppress_recent: Prepared
     contacts_to_send: Prepared
@@ -539,7 +540,11 @@ def suppress_in_chunks(conn: Connection, chunk_ids: list[int], campaign_id: int,
     sql = hot_sql(conn)
     params: dict[str, Any] = {"ids": chunk_ids, "b_campaign_id": campaign_id, "b_since": recent_since}
     removed: dict[int, int] = {}
-    for statement in (sql.suppress, sql.suppress_recent) if recent_since is not None else (sql.suppress,):
+    # An empty list takes nothing out: one lookup instead of a probe for every contact.
+    rules = [sql.suppress] if sql.any_suppression.run(conn).rows else []
+    if recent_since is not None:
+        rules.append(sql.suppress_recent)
+    for statement in rules:
         for chunk_id in statement.run(conn, params).scalars():
             removed[int(chunk_id or 0)] = removed.get(int(chunk_id or 0), 0) + 1
     for chunk_id, count in removed.items():
@@ -557,7 +562,8 @@ def _suppress_sql() -> dict[str, Any]:
 
     recent = select(RecentCall.number).where(RecentCall.campaign_id != bindparam("b_campaign_id"),
                                              RecentCall.queued_at > bindparam("b_since", type_=UTCDateTime()))
-    return dict(suppress=taking_out(select(Suppression.number), ContactStatus.SUPPRESSED, SUPPRESSED_REASON),
+    return dict(any_suppression=select(Suppression.number).limit(1),
+                suppress=taking_out(select(Suppression.number), ContactStatus.SUPPRESSED, SUPPRESSED_REASON),
                 suppress_recent=taking_out(recent, ContactStatus.RECENTLY_CONTACTED, RECENT_REASON))
 
 
