@@ -40,6 +40,7 @@ from .models import (
     Submission,
     Suppression,
     UTCDateTime,
+    Worker,
 )
 from .retry import NextStep, Step, stop_splitting
 
@@ -230,7 +231,15 @@ def move_chunks(conn: Connection, /, where: ColumnElement[bool] | list[int], sou
     follow = contacts or states.CONTACT_OF[target]
     if follow is not None:
         _move_contacts(conn, [chunk_id for chunk_id, _ in moved], follow, reason, states.contacts_of(sources))
+    if target in states.FINAL_CHUNK:  # never sent again: its stored request goes
+        drop_bodies(conn, [chunk_id for chunk_id, _ in moved])
     return moved
+
+
+def drop_bodies(conn: Connection, chunk_ids: list[int]) -> None:
+    """The stored request CSV of these chunks goes (a final chunk, or contacts taken out)."""
+    for start in range(0, len(chunk_ids), 500):
+        hot_sql(conn).drop_bodies.run(conn, {"ids": chunk_ids[start:start + 500]})
 
 
 # Expressions a move may set, shared so that its statement can be built once (see _move_by_ids).
@@ -286,6 +295,43 @@ def close_unsent(conn: Connection, campaign_ids: Any, status: ChunkStatus, reaso
     moved = move_chunks(conn, Chunk.campaign_id.in_(campaign_ids), (ChunkStatus.PENDING,), status, now,
                         finished_at=now, last_error=reason)
     return {campaign_id for _, campaign_id in moved}
+
+
+UNKNOWN_REASON = "the daemon stopped before Plum's answer was recorded: the calls may have been queued"
+
+
+def abandon_submitting(conn: Connection, now: datetime, dead_before: datetime, also_dead: list[str]) -> int:
+    """Chunks whose lease ran out, or whose daemon is dead (no heartbeat since ``dead_before``;
+    at start-up also this daemon's id in an earlier life), become unknown: their calls may
+    have been queued. A dead daemon's unfinished ingestion is released for another to restart."""
+    live = select(Worker.worker_id).where(Worker.last_tick_at >= dead_before, Worker.stopped_at.is_(None))
+    gone = Chunk.lease_owner.not_in(live) | Chunk.lease_owner.in_(also_dead)
+    # A live daemon keeps its claims however long its answer takes to be written (a database
+    # outage); the lease decides only for a claim whose owner left no heartbeat at all.
+    stale = gone | ((Chunk.lease_expires_at < now) & Chunk.lease_owner.is_(None))
+    conn.execute(update(Campaign).where(Campaign.ingested_at.is_(None), Campaign.lease_owner.is_not(None),
+                                        Campaign.lease_owner.not_in(live) | Campaign.lease_owner.in_(also_dead))
+                 .values(lease_owner=None, lease_expires_at=None))
+    moved = move_chunks(conn, stale, (ChunkStatus.SUBMITTING,), ChunkStatus.UNKNOWN, now, last_error=UNKNOWN_REASON,
+                        lease_owner=None, lease_expires_at=None, finished_at=now)
+    ids = [chunk_id for chunk_id, _ in moved]
+    if not ids:
+        return 0
+    conn.execute(update(Submission).where(Submission.chunk_id.in_(ids), Submission.outcome == "sending")
+                 .values(outcome="unknown", error=UNKNOWN_REASON, finished_at=now))
+    reconcile_called(conn, ids, now)
+    for campaign_id in sorted({campaign_id for _, campaign_id in moved}):
+        refresh(conn, campaign_id, now)
+    return len(ids)
+
+
+def housekeeping(conn: Connection, now: datetime, plum_down_since: datetime | None = None) -> None:
+    """Honour admins' edits and the clock: cancel, expire, refresh counters, finish."""
+    touched = close_stopped_and_ended(conn, now, plum_down_since)
+    running = conn.execute(select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING.value,
+                                                     Campaign.ingested_at.is_not(None))).scalars().all()
+    for campaign_id in sorted(touched | set(running)):  # one lock order for every daemon
+        refresh(conn, campaign_id, now)
 
 
 def outage_note(reason: str, plum_down_since: datetime | None) -> str:
@@ -434,7 +480,7 @@ class HotSql:
     suppress_recent: Prepared
     contacts_to_send: Prepared
     body: Prepared
-    drop_body: Prepared
+    drop_bodies: Prepared
 
 
 _HOT_SQL: dict[str, HotSql] = {}
@@ -467,7 +513,7 @@ def _build_record_sql() -> dict[str, Any]:
         .where(Campaign.id == campaign_id),
         body=select(ChunkBody.contacts, ChunkBody.format, ChunkBody.body)
         .where(ChunkBody.chunk_id == chunk_id, ChunkBody.campaign_id == campaign_id),
-        drop_body=delete(ChunkBody).where(ChunkBody.chunk_id == chunk_id),
+        drop_bodies=delete(ChunkBody).where(ChunkBody.chunk_id.in_(bindparam("ids", expanding=True))),
         contacts_to_send=select(Contact.phone, Contact.extra)
         .where(Contact.chunk_id == bindparam("chunk_id"), Contact.status == ContactStatus.PENDING.value)
         .order_by(Contact.row_number))
@@ -550,6 +596,7 @@ def suppress_in_chunks(conn: Connection, chunk_ids: list[int], campaign_id: int,
     for chunk_id, count in removed.items():
         conn.execute(update(Chunk).where(Chunk.id == chunk_id).values(
             contact_count=Chunk.contact_count - count, updated_at=now))
+    drop_bodies(conn, list(removed))  # built with them: built again from the contacts left
     return removed
 
 
@@ -600,10 +647,10 @@ def remember_recent(conn: Connection, since: datetime) -> int:
 
 
 def chunk_payload(conn: Connection, claim: ClaimedChunk, body_format: str) -> Payload:
-    """The chunk's request CSV as built at ingestion, while it holds exactly the contacts to send
-    now (the claim's count, after suppressions) in ``body_format`` (the config's); else the
-    contacts to build it from. Contacts only ever leave a chunk's pending set, so the same count
-    means the same contacts."""
+    """The chunk's request CSV as built at ingestion, in ``body_format`` (the config's); else the
+    contacts to build it from. A body goes whenever contacts leave its chunk (drop_bodies), and
+    must also hold exactly the claim's count of contacts: two checks, so that a count or a
+    deletion missed some day still never sends a number taken out."""
     stored = hot_sql(conn).body.run(conn, {"chunk_id": claim.chunk_id, "campaign_id": claim.campaign_id}).first()
     if stored is not None and stored.contacts == claim.contact_count and stored.format == body_format:
         return bytes(stored.body)
@@ -719,8 +766,6 @@ def apply_step(conn: Connection, claim: ClaimedChunk, plan: NextStep, now: datet
         if step is Step.SUCCEEDED:
             released["last_error"] = None
         move(FINAL_STEPS[step], finished_at=now)
-        if step is Step.SUCCEEDED:
-            hot_sql(conn).drop_body.run(conn, {"chunk_id": claim.chunk_id})  # never sent again
         if step is Step.SUCCEEDED and remember_calls:
             remember_queued(conn, claim.chunk_id, claim.campaign_id, now)
         if step is Step.UNKNOWN:

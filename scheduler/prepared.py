@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, MultipleResultsFound, NoResultFound
 from sqlalchemy.sql import Executable
 
 Processor = Callable[[Any], Any] | None
@@ -38,8 +38,10 @@ class Rows:
         return self.rows[0] if self.rows else None
 
     def one(self) -> Any:
-        if len(self.rows) != 1:
-            raise ValueError(f"expected one row, got {len(self.rows)}")
+        if not self.rows:
+            raise NoResultFound("No row was found when one was required")
+        if len(self.rows) > 1:
+            raise MultipleResultsFound("Multiple rows were found when exactly one was required")
         return self.rows[0]
 
     def scalar_one(self) -> Any:
@@ -63,11 +65,15 @@ class _Compiled:
             raise ValueError(f"a prepared statement must set {', '.join(c.name for c in prefetch)} itself")
         self.sql: str = compiled.string
         self.slots: list[tuple[str, Any, Processor, bool]] = []
+        self.required = set()
         for name in compiled.positiontup or ():
             bind = compiled.binds[name]
-            # (a literal's value is its default; a bindparam given no value binds NULL, as in SQLAlchemy)
+            if bind.required:
+                self.required.add(name)
+            # a literal's value is its default
             self.slots.append((name, bind.value, bind.type.bind_processor(dialect), bool(bind.expanding)))
         self._by_length: dict[tuple[int, ...], str] = {}
+        self.lists = [name for name, _, _, expanding in self.slots if expanding]
         columns: list[Any] = list(getattr(statement, "selected_columns", None)
                                   or getattr(statement, "exported_columns", None) or ())
         self.row: Any = namedtuple("Row", [c.key or f"c{i}" for i, c in enumerate(columns)],  # type: ignore[misc]
@@ -76,14 +82,15 @@ class _Compiled:
         self.convert = any(reader is not None for reader in self.readers)
 
     def bind(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        if not self.required.issubset(params):  # as SQLAlchemy: a missing value is an error, not NULL
+            missing = ", ".join(sorted(self.required.difference(params)))
+            raise InvalidRequestError(f"A value is required for bind parameter {missing}")
         values: list[Any] = []
         lengths: list[int] = []
         for name, default, processor, expanding in self.slots:
             value = params.get(name, default)
             if expanding:
                 items = list(value)
-                if not items:
-                    raise ValueError(f"prepared statement: empty list for {name!r}")
                 lengths.append(len(items))
                 values += [processor(item) for item in items] if processor else items
             else:
@@ -94,8 +101,7 @@ class _Compiled:
         sql = self._by_length.get(lengths)
         if sql is None:
             sql = self.sql
-            expanding = [name for name, _, _, is_list in self.slots if is_list]
-            for name, length in zip(expanding, lengths):
+            for name, length in zip(self.lists, lengths):
                 sql = sql.replace(f"__[POSTCOMPILE_{name}]", ", ".join("?" * length), 1)
             self._by_length[lengths] = sql
         return sql
@@ -118,14 +124,23 @@ class Prepared:
         self.statement = statement
         self._sqlite: _Compiled | None = None
 
+    def _compiled(self, conn: Connection) -> _Compiled:
+        if self._sqlite is None:
+            self._sqlite = _Compiled(self.statement, conn.dialect)
+        return self._sqlite
+
+    def _through_sqlalchemy(self, conn: Connection, params: dict[str, Any]) -> Rows:
+        result = conn.execute(self.statement, params)
+        return Rows(result.all() if result.returns_rows else [], result.rowcount)
+
     def run(self, conn: Connection, params: dict[str, Any] | None = None) -> Rows:
         params = params or {}
         if conn.dialect.name != "sqlite":
-            result = conn.execute(self.statement, params)
-            return Rows(result.all() if result.returns_rows else [], result.rowcount)
-        compiled = self._sqlite
-        if compiled is None:
-            compiled = self._sqlite = _Compiled(self.statement, conn.dialect)
+            return self._through_sqlalchemy(conn, params)
+        compiled = self._compiled(conn)
+        if compiled.lists and not all(params.get(name, True) for name in compiled.lists):
+            return self._through_sqlalchemy(conn, params)  # an empty IN list: SQLAlchemy renders an empty set
+        assert conn.in_transaction(), "the driver's cursor runs in autocommit outside a transaction"
         sql, values = compiled.bind(params)
         raw = conn.connection.dbapi_connection
         assert raw is not None

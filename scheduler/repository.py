@@ -395,6 +395,34 @@ async def _zone_summaries(session: AsyncSession, campaign_id: int) -> list[ZoneS
     return sorted(summaries.values(), key=lambda z: (z.window or (datetime.max.replace(tzinfo=timezone.utc),), z.zones))
 
 
+def _heartbeat(conn: Connection, worker: str, now: datetime) -> None:
+    conn.execute(update(Worker).where(Worker.worker_id == worker).values(last_tick_at=now))
+
+
+def _unsent_windows(conn: Connection) -> list[UnsentWindow]:
+    found = conn.execute(
+        select(Chunk.id.label("chunk_id"), Chunk.campaign_id, Chunk.timezones, Chunk.window_start_at,
+               Chunk.window_end_at, Campaign.calling_window_start, Campaign.calling_window_end,
+               Campaign.excluded_weekdays, Campaign.start_at, Campaign.end_at)
+        .join(Campaign, Campaign.id == Chunk.campaign_id)
+        .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.window_end_at.is_not(None),
+               Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.PAUSED.value]))).all()
+    return [UnsentWindow._make(row) for row in found]
+
+
+def _status_counts(conn: Connection) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    def count_by(column: Any) -> dict[str, int]:
+        return {key: count for key, count in conn.execute(select(column, func.count()).group_by(column)).all()}
+
+    sums = conn.execute(select(
+        func.coalesce(func.sum(Campaign.contacts_queued), 0),
+        func.coalesce(func.sum(Campaign.contacts_valid - Campaign.contacts_queued), 0),
+        func.coalesce(func.sum(Campaign.contacts_invalid), 0),
+        func.coalesce(func.sum(Campaign.contacts_duplicate), 0))).one()
+    contacts = dict(zip(("queued", "not_queued", "invalid", "duplicate"), (int(v) for v in sums)))
+    return count_by(Chunk.status), contacts, count_by(Campaign.status)
+
+
 async def _count_by(session: AsyncSession, column: Any, *where: Any) -> dict[Any, int]:
     rows = await session.execute(select(column, func.count()).where(*where).group_by(column))
     return {key: count for key, count in rows.all()}
@@ -441,58 +469,18 @@ class DaemonQueries(_Store):
         """Chunks whose lease ran out, or whose daemon is dead (no heartbeat since ``dead_before``;
         at start-up also this daemon's id in an earlier life), become unknown: their calls may
         have been queued. A dead daemon's unfinished ingestion is released for another to restart."""
-        live = select(Worker.worker_id).where(Worker.last_tick_at >= dead_before, Worker.stopped_at.is_(None))
-        gone = Chunk.lease_owner.not_in(live) | Chunk.lease_owner.in_(list(also_dead))
-        # A live daemon keeps its claims however long its answer takes to be written (a database
-        # outage); the lease decides only for a claim whose owner left no heartbeat at all.
-        stale = gone | ((Chunk.lease_expires_at < now) & Chunk.lease_owner.is_(None))
-        async with self._write() as session:
-            await session.execute(
-                update(Campaign).where(Campaign.ingested_at.is_(None), Campaign.lease_owner.is_not(None),
-                                       Campaign.lease_owner.not_in(live) | Campaign.lease_owner.in_(list(also_dead)))
-                .values(lease_owner=None, lease_expires_at=None))
-            reason = "the daemon stopped before Plum's answer was recorded: the calls may have been queued"
-            moved = await (await session.connection()).run_sync(
-                ledger.move_chunks, stale, (ChunkStatus.SUBMITTING,), ChunkStatus.UNKNOWN, now,
-                last_error=reason, lease_owner=None, lease_expires_at=None, finished_at=now)
-            ids = [chunk_id for chunk_id, _ in moved]
-            if not ids:
-                return 0
-            await session.execute(
-                update(Submission)
-                .where(Submission.chunk_id.in_(ids), Submission.outcome == "sending")
-                .values(outcome="unknown", error=reason, finished_at=now)
-            )
-            await (await session.connection()).run_sync(ledger.reconcile_called, ids, now)
-            for campaign_id in {campaign_id for _, campaign_id in moved}:
-                await self._refresh(session, campaign_id, now)
-        return len(ids)
+        # The tick's statements run in one hop each (the ledger thread on SQLite), not through the
+        # ORM statement by statement: every tick cost ~20 ms of the event loop (issue 15).
+        return await self._ledger(ledger.abandon_submitting, now, dead_before, list(also_dead))
 
     async def housekeeping(self, now: datetime, plum_down_since: datetime | None = None) -> None:
         """Honour admins' edits and the clock: cancel, expire, refresh counters, finish."""
-        async with self._write() as session:
-            touched = await (await session.connection()).run_sync(ledger.close_stopped_and_ended, now,
-                                                                  plum_down_since)
-            running = await session.scalars(
-                select(Campaign.id).where(Campaign.status == CampaignStatus.RUNNING.value,
-                                          Campaign.ingested_at.is_not(None))
-            )
-            for campaign_id in sorted(touched | set(running.all())):  # one lock order for every daemon
-                await self._refresh(session, campaign_id, now)
+        await self._ledger(ledger.housekeeping, now, plum_down_since)
 
     async def unsent_windows(self) -> list[UnsentWindow]:
         """Pending chunks with a calling window, of running or paused campaigns: rows with
         their window and what choosing it again needs (the campaign's window columns)."""
-        async with self._read() as session:
-            found = (await session.execute(
-                select(Chunk.id.label("chunk_id"), Chunk.campaign_id, Chunk.timezones, Chunk.window_start_at,
-                       Chunk.window_end_at, Campaign.calling_window_start, Campaign.calling_window_end,
-                       Campaign.excluded_weekdays, Campaign.start_at, Campaign.end_at)
-                .join(Campaign, Campaign.id == Chunk.campaign_id)
-                .where(Chunk.status == ChunkStatus.PENDING.value, Chunk.window_end_at.is_not(None),
-                       Campaign.status.in_([CampaignStatus.RUNNING.value, CampaignStatus.PAUSED.value]))
-            )).all()
-        return [UnsentWindow._make(row) for row in found]
+        return await self._ledger(_unsent_windows, read_only=True)
 
     async def move_windows(self, moves: list[WindowMove], now: datetime,
                            plum_down_since: datetime | None = None) -> None:
@@ -689,6 +677,10 @@ class DaemonQueries(_Store):
                 .correlate(Chunk).scalar_subquery()
             )
             await session.execute(update(Chunk).where(Chunk.campaign_id == campaign_id).values(contact_count=sizes))
+            # A body built with numbers taken out just now is not sent: the CSV is built from the contacts.
+            counted = select(Chunk.contact_count).where(Chunk.id == ChunkBody.chunk_id).scalar_subquery()
+            await session.execute(delete(ChunkBody).where(ChunkBody.campaign_id == campaign_id,
+                                                          ChunkBody.contacts != counted))
             await (await session.connection()).run_sync(
                 ledger.move_chunks, and_(Chunk.campaign_id == campaign_id, Chunk.contact_count == 0),
                 (ChunkStatus.PENDING,), ChunkStatus.CANCELLED, now, finished_at=now, last_error=ledger.NOTHING_LEFT)
@@ -886,8 +878,7 @@ class ResultQueries(_Store):
             return (await session.scalars(select(PlumAccount).order_by(PlumAccount.account))).all()
 
     async def heartbeat(self, worker: str, now: datetime) -> None:
-        async with self._write() as session:
-            await session.execute(update(Worker).where(Worker.worker_id == worker).values(last_tick_at=now))
+        await self._ledger(_heartbeat, worker, now)
 
     async def register_worker(self, worker: str, now: datetime, host: str, pid: int, version: str,
                               process_space: str | None = None) -> None:
@@ -950,16 +941,7 @@ class ResultQueries(_Store):
     async def status_counts(self) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
         """Chunks, contacts and campaigns by status, for the metrics (contacts from the
         campaign counters: grouping a million contacts every tick would cost too much)."""
-        async with self._read() as session:
-            chunks = await _count_by(session, Chunk.status)
-            campaigns = await _count_by(session, Campaign.status)
-            sums = (await session.execute(select(
-                func.coalesce(func.sum(Campaign.contacts_queued), 0),
-                func.coalesce(func.sum(Campaign.contacts_valid - Campaign.contacts_queued), 0),
-                func.coalesce(func.sum(Campaign.contacts_invalid), 0),
-                func.coalesce(func.sum(Campaign.contacts_duplicate), 0)))).one()
-        contacts = dict(zip(("queued", "not_queued", "invalid", "duplicate"), (int(v) for v in sums)))
-        return chunks, contacts, campaigns
+        return await self._ledger(_status_counts, read_only=True)
 
     async def export_rows(self, campaign_id: int) -> AsyncIterator[ExportRow]:
         """Every contact of a campaign in file order, with its chunk's last submission
