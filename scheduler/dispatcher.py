@@ -541,6 +541,13 @@ class Dispatcher:
     def _log(self, claim: ClaimedChunk, result: SubmitResult, applied: NextStep | None,
              permit: Permit = Permit.NORMAL) -> None:
         """What was stored: the step the ledger applied (none when another daemon owns the chunk now)."""
+        level = logging.INFO if result.outcome is Outcome.ACCEPTED else logging.WARNING
+        if applied is None and result.outcome is Outcome.ACCEPTED:
+            log.error("campaign %s chunk %s: Plum accepted this request after the chunk was taken from this "
+                      "daemon (declared unknown, then resent and claimed again): its contacts may be called "
+                      "twice; see `campaign show %s`", claim.campaign_id, claim.chunk_id, claim.campaign_id)
+        if not submission_log.isEnabledFor(level):
+            return  # (logging.level above INFO: the line is not built for every request)
         fields = {
             "campaign": claim.campaign_id, "chunk": claim.chunk_id, "attempt": claim.attempt,
             "probe": permit is Permit.PROBE,
@@ -548,12 +555,7 @@ class Dispatcher:
             "next": applied.step.value if applied is not None else "none (the chunk is no longer ours)",
             "latency_seconds": round(result.latency_seconds, 4), "contacts": claim.contact_count,
         }
-        level = logging.INFO if result.outcome is Outcome.ACCEPTED else logging.WARNING
         text = " ".join(f"{k}={v}" for k, v in fields.items())
         if result.error and result.outcome is not Outcome.ACCEPTED:
             text += f" error={result.error!r}"
         submission_log.log(level, "submission %s", text, extra={"fields": fields | {"error": result.error}})
-        if applied is None and result.outcome is Outcome.ACCEPTED:
-            log.error("campaign %s chunk %s: Plum accepted this request after the chunk was taken from this "
-                      "daemon (declared unknown, then resent and claimed again): its contacts may be called "
-                      "twice; see `campaign show %s`", claim.campaign_id, claim.chunk_id, claim.campaign_id)
