@@ -83,11 +83,20 @@ class BodyBuilder:
         self.chunk_size = chunk_size
         self._open: dict[int, list[tuple[str, str | None]]] = {}
 
-    def add(self, seq: int, contacts: Iterable[tuple[str, str | None]]) -> tuple[int, int, bytes] | None:
-        """Contacts of chunk ``seq`` (no more than fit); (seq, contacts, body) when they fill it."""
-        rows = self._open.setdefault(seq, [])
-        rows += contacts
-        return self._body(seq) if len(rows) >= self.chunk_size else None
+    def add(self, contacts: Iterable[tuple[int, str, str | None]]) -> list[tuple[int, int, bytes]]:
+        """Contacts ``(chunk seq, phone, packed other columns)`` in file order; (seq, contacts,
+        body) of each chunk they fill. One loop for all: with calling windows the chunks of
+        several time zones fill side by side, so neighbouring contacts rarely share one."""
+        filled = []
+        open_chunks, size = self._open, self.chunk_size
+        for seq, phone, packed in contacts:
+            rows = open_chunks.get(seq)
+            if rows is None:
+                rows = open_chunks[seq] = []
+            rows.append((phone, packed))
+            if len(rows) >= size:
+                filled.append(self._body(seq))
+        return filled
 
     def rest(self) -> list[tuple[int, int, bytes]]:
         """The bodies of the chunks the file ended in (not full)."""

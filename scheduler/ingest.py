@@ -11,7 +11,6 @@ import itertools
 import json
 import logging
 import multiprocessing
-from operator import itemgetter
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -170,11 +169,7 @@ def _next_batch(rows: Iterator[ParsedContact], assigner: ChunkAssigner) -> tuple
 def filled_bodies(bodies: BodyBuilder, contact_rows: list[ContactTuple]) -> list[ChunkBodyTuple]:
     """The request bodies of the chunks these contacts filled. Built here, not in the parser: the
     parser is ingestion's bottleneck, and this process waits for it."""
-    filled = []
-    for seq, rows in itertools.groupby(contact_rows, key=itemgetter(6)):  # a chunk's rows follow each other
-        if seq is not None and (body := bodies.add(seq, [(row[2] or "", row[3]) for row in rows])) is not None:
-            filled.append(body)
-    return filled
+    return bodies.add((row[6], row[2] or "", row[3]) for row in contact_rows if row[6] is not None)
 
 
 # -- where the file is parsed ------------------------------------------------------

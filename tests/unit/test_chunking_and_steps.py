@@ -48,8 +48,9 @@ def test_bodies_built_at_ingestion_are_each_chunks_csv(chunk_size, contacts):
         seq = group * 100 + filled.get(group, 0)  # the group's open chunk
         row = (f"+1617253{i:04d}", pack_extra([name]))
         expected.setdefault(seq, []).append(row)
-        full = builder.add(seq, [row])
-        if full is not None:
+        got = builder.add([(seq, *row)])
+        if got:
+            [full] = got
             assert full[1] == chunk_size == len(expected[seq])
             bodies.append(full)
             filled[group] = filled.get(group, 0) + 1
