@@ -7,6 +7,8 @@
     BENCH_DEBUG=1 python bench/run.py --only 11   # + where each request's in-flight place went (stderr)
     BENCH_DEBUG=1 python bench/run.py --only 12   # + the daemon's CPU per request by thread (stderr)
     BENCH_PROFILE=DIR python bench/run.py --only 12   # + a py-spy profile of each daemon, in DIR
+                                                      # (BENCH_PROFILE_FLAGS="" samples every running
+                                                      #  thread, not only the one holding the GIL)
     python bench/run.py --quick    # smaller sizes, for a smoke run
     python bench/run.py --only 1,2 # some rows
 
