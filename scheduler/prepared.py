@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from sqlalchemy.engine import Connection, Dialect
-from sqlalchemy.exc import DBAPIError, InvalidRequestError, MultipleResultsFound, NoResultFound
+from sqlalchemy.exc import DBAPIError, InvalidRequestError, MultipleResultsFound, NoResultFound, StatementError
 from sqlalchemy.sql import Executable
 
 Processor = Callable[[Any], Any] | None
@@ -84,7 +84,8 @@ class _Compiled:
     def bind(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
         if not self.required.issubset(params):  # as SQLAlchemy: a missing value is an error, not NULL
             missing = ", ".join(sorted(self.required.difference(params)))
-            raise InvalidRequestError(f"A value is required for bind parameter {missing}")
+            message = f"A value is required for bind parameter {missing!r}"
+            raise StatementError(message, self.sql, params, InvalidRequestError(message))
         values: list[Any] = []
         lengths: list[int] = []
         for name, default, processor, expanding in self.slots:
