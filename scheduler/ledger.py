@@ -238,8 +238,14 @@ def move_chunks(conn: Connection, /, where: ColumnElement[bool] | list[int], sou
 
 def drop_bodies(conn: Connection, chunk_ids: list[int]) -> None:
     """The stored request CSV of these chunks goes (a final chunk, or contacts taken out)."""
-    for start in range(0, len(chunk_ids), 500):
-        hot_sql(conn).drop_bodies.run(conn, {"ids": chunk_ids[start:start + 500]})
+    for ids in _in_batches(chunk_ids):
+        hot_sql(conn).drop_bodies.run(conn, {"ids": ids})
+
+
+def _in_batches(ids: list[int], size: int = 500) -> list[list[int]]:
+    """Ids a few hundred at a time: one IN list of a whole campaign's chunks would pass SQLite's
+    limit on parameters."""
+    return [ids[start:start + size] for start in range(0, len(ids), size)]
 
 
 # Expressions a move may set, shared so that its statement can be built once (see _move_by_ids).
@@ -284,8 +290,8 @@ def _move_contacts(conn: Connection, chunk_ids: list[int], status: ContactStatus
             values["reason"] = bindparam("b_reason")
         _CONTACT_MOVES[key] = Prepared(update(Contact).where(Contact.chunk_id.in_(bindparam("ids", expanding=True)),
                                                              Contact.status.in_(waiting)).values(**values))
-    for start in range(0, len(chunk_ids), 500):
-        _CONTACT_MOVES[key].run(conn, {"ids": chunk_ids[start:start + 500], "b_reason": reason})
+    for ids in _in_batches(chunk_ids):
+        _CONTACT_MOVES[key].run(conn, {"ids": ids, "b_reason": reason})
 
 
 def close_unsent(conn: Connection, campaign_ids: Any, status: ChunkStatus, reason: str | None,

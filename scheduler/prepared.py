@@ -26,10 +26,9 @@ Processor = Callable[[Any], Any] | None
 @dataclass
 class Rows:
     """What a prepared statement returned: its rows (attribute access by column name, like
-    SQLAlchemy's) and how many rows it changed."""
+    SQLAlchemy's)."""
 
     rows: Sequence[Any]
-    rowcount: int
 
     def all(self) -> Sequence[Any]:
         return self.rows
@@ -132,7 +131,7 @@ class Prepared:
 
     def _through_sqlalchemy(self, conn: Connection, params: dict[str, Any]) -> Rows:
         result = conn.execute(self.statement, params)
-        return Rows(result.all() if result.returns_rows else [], result.rowcount)
+        return Rows(result.all() if result.returns_rows else [])
 
     def run(self, conn: Connection, params: dict[str, Any] | None = None) -> Rows:
         params = params or {}
@@ -149,7 +148,7 @@ class Prepared:
         try:
             cursor.execute(sql, values)
             fetched = cursor.fetchall() if cursor.description is not None else []
-            return Rows(compiled.rows(fetched), cursor.rowcount)
+            return Rows(compiled.rows(fetched))
         except sqlite3.Error as exc:
             # As SQLAlchemy would raise it (the repository turns these into DatabaseError).
             invalid = conn.dialect.is_disconnect(exc, raw, cursor)  # type: ignore[arg-type]
