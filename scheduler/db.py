@@ -8,6 +8,7 @@ writes, which the daemon's own concurrency would hit constantly.
 
 from __future__ import annotations
 
+import sqlite3
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -80,12 +81,20 @@ def _install_sqlite_hooks(engine: AsyncEngine | Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    raw_begin = not isinstance(engine, AsyncEngine)  # pysqlite: its own cursor, not aiosqlite's proxy
+
     @event.listens_for(target, "begin")
     def _on_begin(conn: Any) -> None:
-        if conn.get_execution_options().get(READ_ONLY):
-            conn.exec_driver_sql("BEGIN")
-        else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        statement = "BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE"
+        if not raw_begin:
+            conn.exec_driver_sql(statement)
+            return
+        # On the send path's connections (two transactions per request), SQLAlchemy's statement
+        # machinery cost several times SQLite's own BEGIN; its errors are raised as it raises them.
+        try:
+            conn.connection.driver_connection.execute(statement)
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(statement, (), exc, sqlite3.Error, dialect=conn.dialect) from exc
 
 
 def migrations_path() -> Path:

@@ -402,12 +402,19 @@ def claim_batch(
         most = min(most, limits.max_in_flight - in_flight(conn))
         if most <= 0:
             return ACCOUNT_FULL
-    campaigns = sql.running.run(conn, {"now": times.now}).all()
+    campaigns = [c for c in sql.running.run(conn, {"now": times.now}).all() if _readable_times(c)]
     for campaign in _round_robin(campaigns, after_campaign_id):
         rows = _claimable(conn, sql, campaign, times, recent_since, most)
         if rows:
             return _take(conn, sql, worker, times, campaign, rows, limits)
     return []
+
+
+def _readable_times(campaign: Any) -> bool:
+    """Its start_at and end_at denote instants (an admin's typo in SQLite reads as
+    models.UnreadableTime, which campaign review reports): checked here rather than in SQL,
+    where GLOB and julianday() cost SQLite ~30 µs per campaign at every claim."""
+    return isinstance(campaign.start_at, datetime) and isinstance(campaign.end_at, datetime)
 
 
 def _round_robin(campaigns: Sequence[Any], after_campaign_id: int) -> list[Any]:
@@ -531,7 +538,7 @@ def _build_claim_sql(conn: Connection) -> dict[str, Any]:
         select(Campaign.id, Campaign.survey_id, Campaign.instance_id, Campaign.start_at, Campaign.end_at,
                Campaign.max_attempts, Campaign.reattempt_wait, Campaign.result_url, Campaign.contacts_header)
         .where(Campaign.status == CampaignStatus.RUNNING.value, Campaign.ingested_at.is_not(None),
-               Campaign.end_at > now, readable(conn, Campaign.start_at), readable(conn, Campaign.end_at))
+               Campaign.end_at > now)  # and readable start_at, end_at: see _readable_times
         .order_by(Campaign.id))
     ready = (
         select(Chunk.id, Chunk.seq, Chunk.attempts, Chunk.claim_token, Chunk.contact_count,

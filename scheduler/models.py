@@ -11,6 +11,7 @@ daemon can name it in ``last_error`` instead of crashing on it.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -76,6 +77,15 @@ def read_sqlite_time(value: str) -> datetime | UnreadableTime:
         return UnreadableTime(value)
 
 
+@functools.lru_cache(maxsize=256)
+def _sqlite_text(value: datetime) -> str:
+    """The canonical UTC text of a time (naive: UTC). Cached: a request binds the same few
+    instants a dozen times, and strftime costs more than the rest of binding them."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc).replace(tzinfo=None).strftime(SQLITE_FORMAT)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC in Python; ``timestamptz`` on PostgreSQL, canonical UTC text on SQLite."""
 
@@ -92,10 +102,11 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if isinstance(value, str):
             value = parse_db_time(value)
+        if dialect.name == "sqlite":
+            return _sqlite_text(value)
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        utc = value.astimezone(timezone.utc)
-        return utc.replace(tzinfo=None).strftime(SQLITE_FORMAT) if dialect.name == "sqlite" else utc
+        return value.astimezone(timezone.utc)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:

@@ -190,9 +190,12 @@ class _Store:
         self._thread_conn: Connection | None = None  # the ledger thread's own
         self._inline_conn: Connection | None = None  # the event loop's own (see _inline)
         self._inline_commits = 0  # since the last checkpoint was asked of the ledger thread
+        self._checkpointing: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
         """Release the ledger thread, its SQLite engine and the engine (idempotent)."""
+        if self._checkpointing is not None:
+            await asyncio.gather(self._checkpointing, return_exceptions=True)
         pool, self._sqlite_pool = self._sqlite_pool, None
         if pool is not None:
             await asyncio.get_running_loop().run_in_executor(None, pool.shutdown, True)
@@ -274,21 +277,30 @@ class _Store:
             raise
         if not read_only:
             self._inline_commits += 1
-            if self._inline_commits >= CHECKPOINT_EVERY_COMMITS:
+            if self._inline_commits >= CHECKPOINT_EVERY_COMMITS and self._checkpointing is None:
                 self._inline_commits = 0
-                self._sqlite_thread().submit(self._checkpoint)
+                self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
         return True, result
 
-    def _checkpoint(self) -> None:
-        """In the ledger thread: copy the WAL's pages into the database (PASSIVE: it waits for
-        no reader or writer) so the WAL does not grow between the thread's own commits."""
+    async def _checkpoint(self) -> None:
+        """The ledger thread copies the WAL's pages into the database, holding this process's
+        write lock: with a commit in between, the checkpoint would never catch up with the WAL's
+        end, and SQLite starts a WAL over only once it has (under steady sending it grew by
+        ~100 KB per request, without end)."""
+        try:
+            async with self._write_lock:
+                await asyncio.get_running_loop().run_in_executor(self._sqlite_thread(), self._checkpoint_in_thread)
+        except (sqlite3.Error, RuntimeError) as exc:  # RuntimeError: the thread was shut down (closing)
+            log.warning("SQLite checkpoint of the ledger's WAL failed (tried again later): %s", exc)
+        finally:
+            self._checkpointing = None
+
+    def _checkpoint_in_thread(self) -> None:
         conn = self._thread_conn
         if conn is None or conn.closed or conn.invalidated:
-            return  # the thread's next transaction opens one, and its commits checkpoint
-        try:
-            conn.connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error as exc:
-            log.warning("SQLite checkpoint of the ledger's WAL failed (tried again later): %s", exc)
+            assert self._sqlite_sync is not None
+            conn = self._thread_conn = self._sqlite_sync.connect()
+        conn.connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _sqlite_thread(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._sqlite_pool is None:
