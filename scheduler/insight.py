@@ -20,7 +20,6 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from types import SimpleNamespace
 from typing import Any, Callable
 
 import aiohttp
@@ -240,9 +239,7 @@ class InsightClient:
         # server has just closed fails after our body may have been read, which
         # would turn a harmless race into an "unknown" chunk.
         connector = aiohttp.TCPConnector(limit=self._max_concurrency, force_close=True, ssl=True)
-        trace = aiohttp.TraceConfig()
-        trace.on_request_headers_sent.append(_headers_sent)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout(), trace_configs=[trace])
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout())
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         connect = min(self.settings.connect_timeout_seconds, self.settings.timeout_seconds)
@@ -265,8 +262,8 @@ class InsightClient:
         return "Basic " + base64.b64encode(secret.encode("utf-8")).decode("ascii")
 
     async def bulk_queue(self, request: BulkQueueRequest, on_sent: Callable[[], None] | None = None) -> SubmitResult:
-        """POST the request; ``on_sent`` is called the moment its headers are written (when it
-        has left, as far as this host can tell)."""
+        """POST the request; ``on_sent`` is called the moment it starts to be written (when it
+        has left, as far as this host can tell: see _LeavingBody)."""
         check_request(request, self.settings)
         self.open()
         assert self._session is not None
@@ -275,12 +272,11 @@ class InsightClient:
         try:
             async with self._session.post(
                 self.url(request.survey_id, request.instance_id),
-                data=form,
+                data=_LeavingBody(form, content_type, on_sent),
                 headers={"Accept": "application/json", "Authorization": self._authorization(),
                          "Content-Type": content_type},
                 allow_redirects=False,
                 timeout=self._timeout(),
-                trace_request_ctx=on_sent,
             ) as response:
                 body = await _read_bounded(response)
                 return _result_from_response(response, body, time.monotonic() - started)
@@ -288,15 +284,31 @@ class InsightClient:
             return result_from_exception(exc, time.monotonic() - started)
 
 
-async def _headers_sent(session: aiohttp.ClientSession, context: SimpleNamespace,
-                        params: aiohttp.TraceRequestHeadersSentParams) -> None:
-    on_sent = context.trace_request_ctx
-    if on_sent is None:
-        return
-    try:
-        on_sent()
-    except Exception:  # noqa: BLE001 - bookkeeping must never turn a request into an unknown outcome
-        log.exception("after sending a request")
+class _LeavingBody(aiohttp.BytesPayload):
+    """The request's body, calling ``on_sent`` as aiohttp starts writing it (the connection is
+    made, and the headers go out with the body's first bytes). A TraceConfig's "headers sent"
+    signal told the same, but tracing cost ~15% of a request's CPU (issue 15)."""
+
+    def __init__(self, body: bytes, content_type: str, on_sent: Callable[[], None] | None) -> None:
+        super().__init__(body, content_type=content_type)
+        self._on_sent = on_sent
+
+    def _leaving(self) -> None:
+        on_sent, self._on_sent = self._on_sent, None
+        if on_sent is None:
+            return
+        try:
+            on_sent()
+        except Exception:  # noqa: BLE001 - bookkeeping must never turn a request into an unknown outcome
+            log.exception("after sending a request")
+
+    async def write(self, writer: Any) -> None:
+        self._leaving()
+        await super().write(writer)
+
+    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
+        self._leaving()
+        await super().write_with_length(writer, content_length)
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> str:

@@ -386,6 +386,35 @@ def claim_to_send(
     return [(claim, chunk_payload(conn, claim, body_format)) for claim in claims]
 
 
+@dataclass(frozen=True)
+class NextClaim:
+    """``claim_to_send``'s arguments, for a claim made in the transaction that writes an answer
+    (``record_then_claim``)."""
+
+    worker: str
+    times: ClaimTimes
+    after_campaign_id: int
+    recent_since: datetime | None
+    limits: AccountLimits | None
+    most: int
+    body_format: str = ""
+
+
+Claimed = list[tuple[ClaimedChunk, Payload]] | AccountFull
+
+
+def record_then_claim(conn: Connection, claim: ClaimedChunk, worker: str, result: Any, plan: NextStep,
+                      now: datetime, rejection_limit: int, remember_calls: bool,
+                      then: NextClaim) -> tuple[NextStep | None, Claimed]:
+    """``record``, then ``claim_to_send`` in the same transaction: the answer frees the place in
+    flight the dispatcher is waiting for, and one transaction instead of two is ~15% of the
+    ledger's cost of a request (issue 15). The claim sees the answer, as a claim made after its
+    own transaction would."""
+    applied = record(conn, claim, worker, result, plan, now, rejection_limit, remember_calls)
+    return applied, claim_to_send(conn, then.worker, then.times, then.after_campaign_id, then.recent_since,
+                                  then.limits, then.most, then.body_format)
+
+
 def claim_batch(
     conn: Connection, worker: str, times: ClaimTimes, after_campaign_id: int, recent_since: datetime | None,
     limits: AccountLimits | None, most: int,

@@ -109,13 +109,24 @@ class LedgerWrite:
                    rejection_limit=entry.get("rejection_limit", 0), expired_at=entry.get("expired_at"),
                    reason=entry.get("reason", ledger.ENDED_REASON), id=entry["id"])
 
-    async def apply(self, repo: Repository) -> NextStep | None:
+    async def apply(self, repo: Repository, then: ledger.NextClaim | None = None) -> Written:
+        """The step the ledger applied and, with ``then`` (where the repository can), the chunks
+        claimed in the same transaction."""
         if self.kind == "release":
             await repo.release_claim(self.claim, self.expired_at, self.reason)
-            return None
+            return None, []
         assert self.result is not None and self.plan is not None
+        if then is not None and repo.answers_claim:
+            return await repo.record_then_claim(self.claim, self.worker, self.result, self.plan, self.now,
+                                                self.rejection_limit, self.remember_calls, then)
         return await repo.record_outcome(self.claim, self.worker, self.result, self.plan, self.now,
-                                         self.rejection_limit, self.remember_calls)
+                                         self.rejection_limit, self.remember_calls), []
+
+
+# What a write did: the step the ledger applied (None: the chunk is no longer the claim's), and
+# the chunks claimed in the same transaction (see LedgerWrite.apply).
+Written = tuple[NextStep | None, ledger.Claimed]
+NOTHING_WRITTEN: Written = (None, [])
 
 
 class Outbox:
@@ -126,7 +137,7 @@ class Outbox:
         self.journal = journal
         self.health = health
         self.max_backoff_seconds = max_backoff_seconds
-        self._queue: deque[tuple[LedgerWrite, asyncio.Future[NextStep | None]]] = deque()
+        self._queue: deque[tuple[LedgerWrite, asyncio.Future[Written]]] = deque()
         self._drainer: asyncio.Task[None] | None = None
         self._empty = asyncio.Event()
         self._empty.set()
@@ -148,38 +159,44 @@ class Outbox:
         while pending & self._attempts.keys():
             await asyncio.sleep(0.01)
 
-    async def write(self, item: LedgerWrite) -> NextStep | None:
-        """The step the ledger applied. Returns once the database has it; a cancellation
-        before that leaves it in the journal, so it is written at the next start."""
-        attempt = asyncio.ensure_future(self._direct(item) if not self._queue else self._enqueue(item))
+    async def write(self, item: LedgerWrite, then: ledger.NextClaim | None = None) -> Written:
+        """What the write did (``Written``). Returns once the database has it; a cancellation
+        before that leaves it in the journal, so it is written at the next start. ``then``: a
+        claim to make in the same transaction, only when the write goes straight through (an
+        answer waiting behind others, or for the database, claims nothing)."""
+        attempt = asyncio.ensure_future(self._direct(item, then) if not self._queue else self._enqueue(item))
         self._attempts[item.id] = item
         attempt.add_done_callback(lambda _: self._attempts.pop(item.id, None))
+        slow = asyncio.get_running_loop().call_later(JOURNAL_AFTER_SECONDS, self._journal_if_running, item, attempt)
         try:
-            done, _ = await asyncio.wait({attempt}, timeout=JOURNAL_AFTER_SECONDS)
-            if not done:
-                self._journal(item)
             return await asyncio.shield(attempt)
         except asyncio.CancelledError:
             if not attempt.done():
                 self._journal(item)
             raise
+        finally:
+            slow.cancel()
 
-    async def _direct(self, item: LedgerWrite) -> NextStep | None:
+    def _journal_if_running(self, item: LedgerWrite, attempt: asyncio.Future[Written]) -> None:
+        if not attempt.done():
+            self._journal(item)
+
+    async def _direct(self, item: LedgerWrite, then: ledger.NextClaim | None) -> Written:
         try:
-            applied = await item.apply(self.repo)
+            written = await item.apply(self.repo, then)
         except Exception as exc:  # noqa: BLE001 - sorted below: an outage waits, a bug is raised
             if not unreachable(exc):
                 raise
             self.health.failed(exc, "writing an answer from Plum")
             return await self._enqueue(item)
         self._done(item)
-        return applied
+        return written
 
-    async def _enqueue(self, item: LedgerWrite) -> NextStep | None:
+    async def _enqueue(self, item: LedgerWrite) -> Written:
         self._journal(item)
         if self._closed:  # the daemon stopped: the journal has it for the next start
-            return None
-        future: asyncio.Future[NextStep | None] = asyncio.get_running_loop().create_future()
+            return NOTHING_WRITTEN
+        future: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         self._empty.clear()
         if self._drainer is None or self._drainer.done():
@@ -191,7 +208,7 @@ class Outbox:
         while self._queue:
             item, future = self._queue[0]
             try:
-                applied = await item.apply(self.repo)
+                written = await item.apply(self.repo)
             except Exception as exc:  # noqa: BLE001 - an outage is retried; a bug ends this write
                 if unreachable(exc):
                     self.health.failed(exc, "writing an answer from Plum")
@@ -209,7 +226,7 @@ class Outbox:
             self._done(item)
             self.health.ok()
             if not future.done():
-                future.set_result(applied)
+                future.set_result(written)
             delay = FIRST_BACKOFF_SECONDS
         self._empty.set()
 

@@ -258,6 +258,7 @@ class _Store:
             assert self._sqlite_sync is not None
             conn = self._inline_conn = self._sqlite_sync.connect()
             raw = conn.connection.driver_connection
+            assert raw is not None
             raw.execute("PRAGMA busy_timeout=0")
             raw.execute("PRAGMA wal_autocheckpoint=0")
         if conn.get_execution_options().get(READ_ONLY, False) != read_only:
@@ -300,7 +301,9 @@ class _Store:
         if conn is None or conn.closed or conn.invalidated:
             assert self._sqlite_sync is not None
             conn = self._thread_conn = self._sqlite_sync.connect()
-        conn.connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     def _sqlite_thread(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._sqlite_pool is None:
@@ -847,6 +850,21 @@ class DaemonQueries(_Store):
         the frequency cap is on, so the numbers queued go to ``recent_calls``."""
         return await self._ledger(ledger.record, claim, worker, result, plan, now, rejection_limit, remember_calls,
                                   inline=True)
+
+    async def record_then_claim(self, claim: ClaimedChunk, worker: str, result: SubmitResult, plan: NextStep,
+                                now: datetime, rejection_limit: int, remember_calls: bool,
+                                then: ledger.NextClaim) -> tuple[NextStep | None, ledger.Claimed]:
+        """``record_outcome``, then ``claim_chunks`` with ``then``'s arguments, in one transaction
+        (only where ``answers_claim``); returns the step applied and the chunks claimed."""
+        assert self.answers_claim
+        return await self._ledger(ledger.record_then_claim, claim, worker, result, plan, now, rejection_limit,
+                                  remember_calls, then, inline=True)
+
+    @property
+    def answers_claim(self) -> bool:
+        """An answer's transaction may also claim the next chunks (SQLite: one writer, so no lock
+        order to get wrong; on PostgreSQL an answer and a claim keep their own transactions)."""
+        return self.engine.dialect.name == "sqlite"
 
     async def remember_recent_calls(self, since: datetime) -> int:
         """The frequency cap was turned on: ``recent_calls`` learns what was queued since ``since``."""

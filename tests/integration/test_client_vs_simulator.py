@@ -189,3 +189,19 @@ async def test_a_fresh_body_is_built_for_every_attempt(sim):
         second = await client.bulk_queue(request())
     assert (first.outcome, second.outcome) == (Outcome.RETRYABLE, Outcome.ACCEPTED)
     assert sim.requests[0].csv_text == sim.requests[1].csv_text == CSV.decode()
+
+
+async def test_on_sent_is_called_once_as_the_request_leaves_and_never_when_it_cannot(sim):
+    """The dispatcher moves the account's rate schedule when a request leaves late: it learns
+    the moment from on_sent (once per request, after the connection is made, before the answer)."""
+    moments: list[tuple[str, int]] = []
+    async with InsightClient(settings_for(sim.base_url), max_concurrency=2) as client:
+        result = await client.bulk_queue(request(), lambda: moments.append(("sent", len(sim.requests))))
+    assert result.outcome is Outcome.ACCEPTED
+    assert moments == [("sent", 0)]  # once, before the simulator had the request
+    async with InsightClient(settings_for(f"http://127.0.0.1:{_closed_port()}/api"), max_concurrency=1) as client:
+        refused = await client.bulk_queue(request(), lambda: moments.append(("refused", 0)))
+    assert refused.outcome is Outcome.RETRYABLE and moments == [("sent", 0)]
+    async with InsightClient(settings_for(sim.base_url), max_concurrency=1) as client:
+        boom = await client.bulk_queue(request(), lambda: 1 / 0)  # a bug in the callback is not the request's
+    assert boom.outcome is Outcome.ACCEPTED
