@@ -239,7 +239,7 @@ class InsightClient:
         # server has just closed fails after our body may have been read, which
         # would turn a harmless race into an "unknown" chunk.
         connector = aiohttp.TCPConnector(limit=self._max_concurrency, force_close=True, ssl=True)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout())
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout(), request_class=_Request)
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         connect = min(self.settings.connect_timeout_seconds, self.settings.timeout_seconds)
@@ -285,9 +285,9 @@ class InsightClient:
 
 
 class _LeavingBody(aiohttp.BytesPayload):
-    """The request's body, calling ``on_sent`` as aiohttp starts writing it (the connection is
-    made, and the headers go out with the body's first bytes). A TraceConfig's "headers sent"
-    signal told the same, but tracing cost ~15% of a request's CPU (issue 15)."""
+    """The request's body, carrying ``on_sent``: called by _Request once the connection is made,
+    as the headers are written (the moment a TraceConfig's "headers sent" signal told, but
+    tracing cost ~15% of a request's CPU: issue 15); else when the body starts to be written."""
 
     def __init__(self, body: bytes, content_type: str, on_sent: Callable[[], None] | None) -> None:
         super().__init__(body, content_type=content_type)
@@ -309,6 +309,16 @@ class _LeavingBody(aiohttp.BytesPayload):
     async def write_with_length(self, writer: Any, content_length: int | None) -> None:
         self._leaving()
         await super().write_with_length(writer, content_length)
+
+
+class _Request(aiohttp.ClientRequest):
+    """Tells the body it leaves as the connection is made (aiohttp's ``request_class``)."""
+
+    async def send(self, conn: Any) -> aiohttp.ClientResponse:
+        body = self.body
+        if isinstance(body, _LeavingBody):
+            body._leaving()
+        return await super().send(conn)
 
 
 async def _read_bounded(response: aiohttp.ClientResponse) -> str:
