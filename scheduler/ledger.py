@@ -143,7 +143,7 @@ def in_flight(conn: Connection) -> int:
 # the claim has returned (a few ms since building it got cheap). A request leaving later than its
 # slot by less than rate_limit_margin_seconds cannot put R + 1 requests in one second; 15 ms here
 # cost every request that found the account idle (in-flight-bound sending) 15 ms of its place.
-SLOT_BUILD_SECONDS = 0.005
+SLOT_BUILD_SECONDS = 0.002
 
 
 @dataclass(frozen=True)
