@@ -117,8 +117,16 @@ class LedgerWrite:
             return None, []
         assert self.result is not None and self.plan is not None
         if then is not None and repo.answers_claim:
-            return await repo.record_then_claim(self.claim, self.worker, self.result, self.plan, self.now,
-                                                self.rejection_limit, self.remember_calls, then)
+            try:
+                return await repo.record_then_claim(self.claim, self.worker, self.result, self.plan, self.now,
+                                                    self.rejection_limit, self.remember_calls, then)
+            except Exception as exc:  # noqa: BLE001 - sorted: an outage is the caller's, else write it alone
+                if unreachable(exc):
+                    raise
+                # The claim's part failed (a bug: it rolled the answer back too): the answer
+                # must still be written, on its own.
+                log.exception("campaign %s chunk %s: claiming the next chunk with this answer failed; the "
+                              "answer is written alone", self.claim.campaign_id, self.claim.chunk_id)
         return await repo.record_outcome(self.claim, self.worker, self.result, self.plan, self.now,
                                          self.rejection_limit, self.remember_calls), []
 
