@@ -22,16 +22,29 @@ def test_chunk_csv_puts_the_phone_first_and_quotes_what_needs_it():
 FIELD = st.text(alphabet=st.sampled_from(list('ab ,"\r\n\x1f\x1eé;\t\'')), max_size=6)
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.integers(0, 4).flatmap(lambda n: st.tuples(
-    st.just(n), st.lists(st.lists(FIELD, min_size=n, max_size=n), max_size=5))),
-    st.sampled_from(["e164", "tel", "digits"]))
-def test_packed_rows_are_written_exactly_as_chunk_csv_writes_them(shape, fmt):
-    count, rows = shape
-    names = [f"c{i}" for i in range(count)]
-    packed = [("+16172531000", pack_extra(values) if count else None) for values in rows]
+PHONE = st.sampled_from(["+16172531000", "+442071838750", ""])
+# Each example's values use plain characters and at most one that csv or the packing treats
+# specially, so both ways of writing a chunk (joined as text, or through csv) are exercised.
+SPECIAL = st.sampled_from(["", ",", '"', "\r", "\n", "\x1f", "\x1e"])
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.integers(0, 4), SPECIAL, st.data(), st.sampled_from(["e164", "tel", "digits"]),
+       st.sampled_from(["name", 'a "b", c']))
+def test_packed_rows_are_written_exactly_as_chunk_csv_writes_them(count, special, data, fmt, first_name):
+    """Whether a chunk is joined as text (nothing to quote) or written by csv, its bytes are
+    what csv writes from the unpacked values (header names too; an empty number alone quoted)."""
+    field = st.one_of(FIELD, st.text(alphabet=st.sampled_from(list("ab é;\t'") + ([special] if special else [])),
+                                     max_size=5))
+    rows = data.draw(st.lists(st.tuples(PHONE, st.lists(field, min_size=count, max_size=count)), max_size=5))
+    names = [first_name, *(f"c{i}" for i in range(1, count))][:count]
+    packed = [(phone, pack_extra(values) if count else None) for phone, values in rows]
     assert packed_chunk_csv("phone_number", names, packed, fmt) == chunk_csv(
-        "phone_number", names, [("+16172531000", values) for values in rows], fmt)
+        "phone_number", names, rows, fmt)
+
+
+def test_a_value_with_a_quote_alone_is_quoted():
+    assert packed_chunk_csv("p", ["n"], [("+1", pack_extra(['say "hi"']))]) == b'p,n\n+1,"say ""hi"""\n'
 
 
 @given(st.integers(1, 4), st.lists(st.tuples(st.integers(0, 5), st.text(max_size=6)), max_size=30))
