@@ -530,15 +530,18 @@ class Dispatcher:
         # in time is in the journal: see outbox.py).
         task = asyncio.ensure_future(self.outbox.write(write, self._claim_with_answer() if learn else None))
         applied: NextStep | None = None
+        written = False  # (a shutdown may leave the answer to the journal, not yet in the ledger)
         try:
             applied, claims = await asyncio.shield(task)
+            written = True
         except asyncio.CancelledError:
             self._give_back_later(task)
             await asyncio.wait({task}, timeout=WRITE_GRACE_SECONDS)
-            applied = task.result()[0] if task.done() and not task.cancelled() and not task.exception() else None
+            written = task.done() and not task.cancelled() and not task.exception()
+            applied = task.result()[0] if written else None
             raise
         finally:
-            self._log(claim, result, applied, permit)
+            self._log(claim, result, applied, permit, written)
             self._observe(result)
         self._send_claimed(claims)
         if applied is not None and applied.step in (Step.SPLIT, Step.RETRY):
@@ -600,10 +603,11 @@ class Dispatcher:
         self.metrics.latency.observe(result.latency_seconds)
 
     def _log(self, claim: ClaimedChunk, result: SubmitResult, applied: NextStep | None,
-             permit: Permit = Permit.NORMAL) -> None:
-        """What was stored: the step the ledger applied (none when another daemon owns the chunk now)."""
+             permit: Permit = Permit.NORMAL, written: bool = True) -> None:
+        """What was stored: the step the ledger applied (none when another daemon owns the chunk
+        now); ``written`` False: the daemon stopped first, the journal has the answer."""
         level = logging.INFO if result.outcome is Outcome.ACCEPTED else logging.WARNING
-        if applied is None and result.outcome is Outcome.ACCEPTED:
+        if applied is None and written and result.outcome is Outcome.ACCEPTED:
             log.error("campaign %s chunk %s: Plum accepted this request after the chunk was taken from this "
                       "daemon (declared unknown, then resent and claimed again): its contacts may be called "
                       "twice; see `campaign show %s`", claim.campaign_id, claim.chunk_id, claim.campaign_id)
@@ -613,7 +617,8 @@ class Dispatcher:
             "campaign": claim.campaign_id, "chunk": claim.chunk_id, "attempt": claim.attempt,
             "probe": permit is Permit.PROBE,
             "status_code": result.status_code, "outcome": result.outcome.value,
-            "next": applied.step.value if applied is not None else "none (the chunk is no longer ours)",
+            "next": (applied.step.value if applied is not None else "none (the chunk is no longer ours)" if written
+                     else "not written yet: kept in the journal for the next start"),
             "latency_seconds": round(result.latency_seconds, 4), "contacts": claim.contact_count,
         }
         text = " ".join(f"{k}={v}" for k, v in fields.items())

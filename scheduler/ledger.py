@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
-from sqlalchemy import Boolean, Float, Integer, String, and_, bindparam, delete, func, insert, literal, select, update
+from sqlalchemy import Boolean, Float, Integer, String, and_, bindparam, delete, exists, func, insert, literal, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
@@ -643,16 +643,19 @@ def suppress_in_chunks(conn: Connection, chunk_ids: list[int], campaign_id: int,
 
 
 def _suppress_sql() -> dict[str, Any]:
-    def taking_out(numbers: Any, status: ContactStatus, reason: str) -> Any:
+    # Each contact's number is looked up (both tables are keyed by number): `phone IN (SELECT
+    # ...)` made SQLite read the whole list at every claim (300 ms with 500,000 recent calls).
+    def taking_out(listed: Any, status: ContactStatus, reason: str) -> Any:
         return (update(Contact)
                 .where(Contact.chunk_id.in_(bindparam("ids", expanding=True)),
-                       Contact.status == ContactStatus.PENDING.value, Contact.phone.in_(numbers))
+                       Contact.status == ContactStatus.PENDING.value, listed)
                 .values(status=status.value, reason=reason).returning(Contact.chunk_id))
 
-    recent = select(RecentCall.number).where(RecentCall.campaign_id != bindparam("b_campaign_id"),
-                                             RecentCall.queued_at > bindparam("b_since", type_=UTCDateTime()))
+    suppressed = exists().where(Suppression.number == Contact.phone)
+    recent = exists().where(RecentCall.number == Contact.phone, RecentCall.campaign_id != bindparam("b_campaign_id"),
+                            RecentCall.queued_at > bindparam("b_since", type_=UTCDateTime()))
     return dict(any_suppression=select(Suppression.number).limit(1),
-                suppress=taking_out(select(Suppression.number), ContactStatus.SUPPRESSED, SUPPRESSED_REASON),
+                suppress=taking_out(suppressed, ContactStatus.SUPPRESSED, SUPPRESSED_REASON),
                 suppress_recent=taking_out(recent, ContactStatus.RECENTLY_CONTACTED, RECENT_REASON))
 
 

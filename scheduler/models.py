@@ -78,12 +78,11 @@ def read_sqlite_time(value: str) -> datetime | UnreadableTime:
 
 
 @functools.lru_cache(maxsize=256)
-def _sqlite_text(value: datetime) -> str:
-    """The canonical UTC text of a time (naive: UTC). Cached: a request binds the same few
-    instants a dozen times, and strftime costs more than the rest of binding them."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).replace(tzinfo=None).strftime(SQLITE_FORMAT)
+def _sqlite_text(utc: datetime) -> str:
+    """The canonical text of a UTC time. Cached: a request binds the same few instants a dozen
+    times, and strftime costs more than the rest of binding them. (Given UTC only: two local
+    times a DST change repeats compare equal but are different instants.)"""
+    return utc.replace(tzinfo=None).strftime(SQLITE_FORMAT)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -102,11 +101,10 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         if isinstance(value, str):
             value = parse_db_time(value)
-        if dialect.name == "sqlite":
-            return _sqlite_text(value)
         if value.tzinfo is None:
             value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+        utc = value.astimezone(timezone.utc)
+        return _sqlite_text(utc) if dialect.name == "sqlite" else utc
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
         if value is None:

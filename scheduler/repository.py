@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import logging
 import sqlite3
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -61,6 +62,13 @@ log = logging.getLogger("scheduler.repository")
 # The event loop's SQLite connection does not checkpoint (see _Store._inline); after this many
 # of its commits the ledger thread does (~10-20 pages each: about SQLite's own 1,000 pages).
 CHECKPOINT_EVERY_COMMITS = 100
+# An inline transaction (see _Store._inline) holds the event loop at most this long: past it,
+# SQLite interrupts it, it is rolled back and run in the ledger thread, as is that function for
+# the next INLINE_COOLDOWN_SECONDS (a large suppression list or frequency-cap table, a chunk's
+# worth of emptied chunks to cancel). A claim at chunk 1000 takes ~3 ms.
+INLINE_BUDGET_SECONDS = 0.02
+INLINE_COOLDOWN_SECONDS = 30.0
+PROGRESS_EVERY_OPCODES = 1000
 WORKER_MEMORY = timedelta(days=7)
 
 
@@ -191,9 +199,13 @@ class _Store:
         self._inline_conn: Connection | None = None  # the event loop's own (see _inline)
         self._inline_commits = 0  # since the last checkpoint was asked of the ledger thread
         self._checkpointing: asyncio.Task[None] | None = None
+        self._inline_deadline: float | None = None  # monotonic time the running inline transaction must end by
+        self._inline_off_until: dict[Callable[..., Any], float] = {}  # functions that went over their budget
+        self._closing = False
 
     async def close(self) -> None:
         """Release the ledger thread, its SQLite engine and the engine (idempotent)."""
+        self._closing = True  # no inline transaction nor checkpoint starts any more
         if self._checkpointing is not None:
             await asyncio.gather(self._checkpointing, return_exceptions=True)
         pool, self._sqlite_pool = self._sqlite_pool, None
@@ -247,11 +259,14 @@ class _Store:
 
         Why: handing a transaction to the ledger thread and back costs ~110 µs of CPU (two
         thread wake-ups) against ~20 µs for the transaction itself; the send path runs two per
-        request (issue 15). These transactions touch one chunk's rows (at most a few ms at
-        chunk 1000) and never wait: SQLite's lock is taken at BEGIN IMMEDIATE, or not at all.
+        request (issue 15). These transactions touch a chunk's rows (~3 ms at chunk 1000; past
+        INLINE_BUDGET_SECONDS SQLite interrupts them and the ledger thread runs them) and never
+        wait: SQLite's lock is taken at BEGIN IMMEDIATE, or not at all.
         Checkpoints (copying the WAL into the database, with an fsync) are left to the ledger
         thread (``CHECKPOINT_EVERY_COMMITS``), not done on the event loop.
         """
+        if self._closing or self._inline_off_until.get(function, 0.0) > time.monotonic():
+            return False, None
         conn = self._inline_conn
         if conn is None or conn.closed or conn.invalidated:
             self._sqlite_thread()
@@ -261,13 +276,21 @@ class _Store:
             assert raw is not None
             raw.execute("PRAGMA busy_timeout=0")
             raw.execute("PRAGMA wal_autocheckpoint=0")
+            raw.set_progress_handler(self._past_deadline, PROGRESS_EVERY_OPCODES)
         if conn.get_execution_options().get(READ_ONLY, False) != read_only:
             conn.execution_options(**{READ_ONLY: read_only})
+        self._inline_deadline = time.monotonic() + INLINE_BUDGET_SECONDS
         try:
             with conn.begin():
                 result = function(conn, *args)
         except DBAPIError as exc:
             if _sqlite_busy(exc):  # rolled back: nothing of it stays
+                return False, None
+            if _sqlite_interrupted(exc):  # over its budget: rolled back, the ledger thread runs it
+                self._inline_off_until[function] = time.monotonic() + INLINE_COOLDOWN_SECONDS
+                log.info("%s took over %g ms of the event loop: it runs in the ledger thread for %g s",
+                         getattr(function, "__name__", function), INLINE_BUDGET_SECONDS * 1000,
+                         INLINE_COOLDOWN_SECONDS)
                 return False, None
             self._inline_conn = None
             conn.invalidate()
@@ -276,12 +299,20 @@ class _Store:
             self._inline_conn = None  # (see _in_sqlite_thread)
             conn.invalidate()
             raise
+        finally:
+            self._inline_deadline = None
         if not read_only:
             self._inline_commits += 1
             if self._inline_commits >= CHECKPOINT_EVERY_COMMITS and self._checkpointing is None:
                 self._inline_commits = 0
                 self._checkpointing = asyncio.get_running_loop().create_task(self._checkpoint())
         return True, result
+
+    def _past_deadline(self) -> bool:
+        """SQLite's progress handler on the event loop's connection: a true answer interrupts
+        the statement (SQLITE_INTERRUPT) once the transaction is past its budget."""
+        deadline = self._inline_deadline
+        return deadline is not None and time.monotonic() > deadline
 
     async def _checkpoint(self) -> None:
         """The ledger thread copies the WAL's pages into the database, holding this process's
@@ -290,8 +321,10 @@ class _Store:
         ~100 KB per request, without end)."""
         try:
             async with self._write_lock:
+                if self._closing:
+                    return
                 await asyncio.get_running_loop().run_in_executor(self._sqlite_thread(), self._checkpoint_in_thread)
-        except (sqlite3.Error, RuntimeError) as exc:  # RuntimeError: the thread was shut down (closing)
+        except Exception as exc:  # noqa: BLE001 - a checkpoint is housekeeping: the next one catches up
             log.warning("SQLite checkpoint of the ledger's WAL failed (tried again later): %s", exc)
         finally:
             self._checkpointing = None
@@ -510,6 +543,11 @@ def _status_counts(conn: Connection) -> tuple[dict[str, int], dict[str, int], di
 async def _count_by(session: AsyncSession, column: Any, *where: Any) -> dict[Any, int]:
     rows = await session.execute(select(column, func.count()).where(*where).group_by(column))
     return {key: count for key, count in rows.all()}
+
+
+def _sqlite_interrupted(exc: DBAPIError) -> bool:
+    """The statement was stopped by the progress handler (SQLITE_INTERRUPT)."""
+    return isinstance(exc.orig, sqlite3.Error) and getattr(exc.orig, "sqlite_errorcode", 0) == sqlite3.SQLITE_INTERRUPT
 
 
 def _sqlite_busy(exc: DBAPIError) -> bool:

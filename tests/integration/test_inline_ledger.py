@@ -18,7 +18,7 @@ from scheduler.ingest import ingest_campaign
 from scheduler.insight import SubmitResult
 from scheduler.ledger import ClaimTimes
 from scheduler.models import Outcome
-from scheduler.repository import CHECKPOINT_EVERY_COMMITS
+from scheduler.repository import CHECKPOINT_EVERY_COMMITS, INLINE_BUDGET_SECONDS
 from scheduler.retry import NextStep, Step
 from tests.conftest import repository_at
 from tests.support.harness import campaign, claim_for_ingestion, rows, valid_numbers, write_contacts
@@ -116,3 +116,41 @@ async def test_the_wal_is_checkpointed_though_the_event_loops_connection_never_d
         wal_pages = (tmp_path / "ledger.db-wal").stat().st_size // 4096
         assert wal_pages < commits / 3, f"the WAL grew to {wal_pages} pages for {commits} commits"
         assert await rows(repo, "SELECT last_tick_at FROM workers") != []
+
+
+async def test_a_transaction_over_its_budget_on_the_event_loop_goes_to_the_ledger_thread(tmp_path):
+    """A long transaction (a huge suppression list, say) must not hold the event loop: SQLite
+    interrupts it at the budget, it is rolled back and run again in the ledger thread, and that
+    function stays there for a while."""
+    async with ledger_at(tmp_path / "ledger.db") as repo:
+        await repo.register_worker("w", NOW, "host", 1, "test")
+        ran_in: list[int] = []
+
+        def heavy(conn):
+            ran_in.append(threading.get_ident())
+            conn.exec_driver_sql("UPDATE workers SET pid = pid + 1")  # undone if interrupted
+            return conn.exec_driver_sql(  # ~10^6 rows of SQLite work: far over the budget
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000) "
+                "SELECT count(*) FROM n").scalar()
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        stalls: list[float] = []
+
+        async def watch():
+            while True:
+                before = loop.time()
+                await asyncio.sleep(0.002)
+                stalls.append(loop.time() - before - 0.002)
+
+        watcher = asyncio.ensure_future(watch())
+        await asyncio.sleep(0.01)
+        assert await repo._ledger(heavy, inline=True) == 1000000
+        again = await repo._ledger(heavy, inline=True)  # within the cooldown: straight to the thread
+        watcher.cancel()
+        assert again == 1000000
+        me = threading.get_ident()
+        assert ran_in[0] == me and ran_in[1] != me and ran_in[2] != me, ran_in
+        assert max(stalls) < INLINE_BUDGET_SECONDS + 0.1, max(stalls)
+        assert await rows(repo, "SELECT pid FROM workers") == [(3,)]  # the interrupted update left nothing
+        assert loop.time() - started < 30
