@@ -57,10 +57,11 @@ def packed_chunk_csv(phone_column: str, extra_names: Sequence[str], rows: Iterab
     if not rows:
         return header.encode("utf-8")
     if count:
-        empty = PACKED_UNIT * (count - 1)
-        text = "\n".join([number + PACKED_UNIT + (packed or empty) for number, packed in rows])
-        if _CSV_SPECIAL.search(text) is None:
-            return (header + text.replace(PACKED_UNIT, ",") + "\n").encode("utf-8")
+        if _CSV_SPECIAL.search(rows[0][1] or "") is None:  # (a file whose rows need quoting skips the join)
+            empty = PACKED_UNIT * (count - 1)
+            text = "\n".join([number + PACKED_UNIT + (packed or empty) for number, packed in rows])
+            if _CSV_SPECIAL.search(text) is None:
+                return (header + text.replace(PACKED_UNIT, ",") + "\n").encode("utf-8")
     elif all(number for number, _ in rows):  # (csv quotes a row's only field when it is empty)
         text = "\n".join([number for number, _ in rows])
         if _CSV_SPECIAL.search(text) is None:
