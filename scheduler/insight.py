@@ -287,7 +287,7 @@ class InsightClient:
 class _LeavingBody(aiohttp.BytesPayload):
     """The request's body, carrying ``on_sent``: called by _Request once the connection is made,
     as the headers are written (the moment a TraceConfig's "headers sent" signal told, but
-    tracing cost ~15% of a request's CPU: issue 15); else when the body starts to be written."""
+    tracing cost ~15% of a request's CPU: issue 15)."""
 
     def __init__(self, body: bytes, content_type: str, on_sent: Callable[[], None] | None) -> None:
         super().__init__(body, content_type=content_type)
@@ -301,14 +301,6 @@ class _LeavingBody(aiohttp.BytesPayload):
             on_sent()
         except Exception:  # noqa: BLE001 - bookkeeping must never turn a request into an unknown outcome
             log.exception("after sending a request")
-
-    async def write(self, writer: Any) -> None:
-        self._leaving()
-        await super().write(writer)
-
-    async def write_with_length(self, writer: Any, content_length: int | None) -> None:
-        self._leaving()
-        await super().write_with_length(writer, content_length)
 
 
 class _Request(aiohttp.ClientRequest):

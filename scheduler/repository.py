@@ -330,11 +330,7 @@ class _Store:
             self._checkpointing = None
 
     def _checkpoint_in_thread(self) -> None:
-        conn = self._thread_conn
-        if conn is None or conn.closed or conn.invalidated:
-            assert self._sqlite_sync is not None
-            conn = self._thread_conn = self._sqlite_sync.connect()
-        raw = conn.connection.driver_connection
+        raw = self._thread_connection().connection.driver_connection
         assert raw is not None
         raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
@@ -344,13 +340,17 @@ class _Store:
             self._sqlite_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ledger")
         return self._sqlite_pool
 
-    def _in_sqlite_thread(self, function: Callable[..., T], args: tuple[Any, ...], read_only: bool) -> T:
+    def _thread_connection(self) -> Connection:
         # The thread keeps its connection: a pool checkout and its reset for every transaction
         # cost about as much as a claim's statements.
         conn = self._thread_conn
         if conn is None or conn.closed or conn.invalidated:
             assert self._sqlite_sync is not None
             conn = self._thread_conn = self._sqlite_sync.connect()
+        return conn
+
+    def _in_sqlite_thread(self, function: Callable[..., T], args: tuple[Any, ...], read_only: bool) -> T:
+        conn = self._thread_connection()
         if conn.get_execution_options().get(READ_ONLY, False) != read_only:  # setting it costs ~20 µs
             conn.execution_options(**{READ_ONLY: read_only})
         try:
