@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Protocol, Sequence
 
 from .errors import SchedulerError
-from .phones import Normaliser
+from .phones import NanpPrefix, Normaliser
 
 SNIFF_BYTES = 8192
 # Tried in this order; a comma file reads as it always did.
@@ -74,6 +74,7 @@ class ParsedContact(NamedTuple):
     extra: tuple[str, ...]  # the row's other columns, in header order
     status: str  # pending | invalid | duplicate
     reason: str | None = None
+    prefix: NanpPrefix | None = None  # the normaliser's (Normaliser.judge): ingestion finds the zones there
 
 
 @dataclass(frozen=True)
@@ -278,13 +279,13 @@ class ContactParser:
         if len(row) > width and any(value.strip() for value in row[width:]):
             reason = f"row has {len(row)} fields, the header has {width}"
             return ParsedContact(row_number, raw, None, extra, "invalid", reason)
-        phone, why = self.normalise(raw)
+        phone, why, prefix = self.normalise.judge(raw)
         if phone is None:
             return ParsedContact(row_number, raw, None, extra, "invalid", why)
         first = self.first_row_of.setdefault(int(phone[1:]), row_number)
         if first != row_number:
             return ParsedContact(row_number, raw, phone, extra, "duplicate", f"same number as row {first}")
-        return ParsedContact(row_number, raw, phone, extra, "pending")
+        return ParsedContact(row_number, raw, phone, extra, "pending", None, prefix)
 
 
 def iter_contacts(

@@ -81,6 +81,10 @@ class ChunkAssigner:
     # per zone set: [seq of its open chunk (-1: none yet), contacts in it, window, out_of_window reason, zones]
     _groups: dict[tuple[str, ...], list[Any]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        plan = self.plan
+        self._campaign_zones = (plan.campaign_zone,) if plan and plan.campaign_zone else None
+
     def assign(self, batch: list[ParsedContact]) -> tuple[list[NewChunk], list[ContactTuple]]:
         """The chunks this batch opens, and the contact rows to insert."""
         new_chunks: list[NewChunk] = []
@@ -90,25 +94,28 @@ class ChunkAssigner:
         for contact in batch:
             seq, status, reason = None, contact.status, contact.reason
             if status == "pending":
-                seq, status, reason = place(contact.phone, new_chunks)  # type: ignore[arg-type]
+                seq, status, reason = place(contact, new_chunks)
             counts[status] += 1
             rows.append((contact.row_number, contact.raw_phone, contact.phone,
                          pack_extra(contact.extra), status, reason, seq))
         counts["total"] += len(batch)
         return new_chunks, rows
 
-    def _in_file_order(self, phone: str, new_chunks: list[NewChunk]) -> tuple[int, str, None]:
+    def _in_file_order(self, contact: ParsedContact, new_chunks: list[NewChunk]) -> tuple[int, str, None]:
         seq, position = divmod(self.valid, self.chunk_size)
         if position == 0:
             new_chunks.append((seq, None, None, None))
         self.valid += 1
         return seq, "pending", None
 
-    def _by_zone(self, phone: str, new_chunks: list[NewChunk]) -> tuple[int | None, str, str | None]:
-        plan = self.plan
-        assert plan is not None
-        zones = (plan.campaign_zone,) if plan.campaign_zone else self.zones(phone)
-        group = self._groups.get(zones) or self._new_group(zones, plan)
+    def _by_zone(self, contact: ParsedContact, new_chunks: list[NewChunk]) -> tuple[int | None, str, str | None]:
+        # This runs for each contact in the parser, a million-row ingestion's bottleneck: the
+        # zones are most often those the normaliser's prefix already holds (no table lookup).
+        prefix = contact.prefix
+        zones = self._campaign_zones or (prefix.zones if prefix is not None else None)
+        if zones is None:
+            zones = self.zones.of_prefix(contact.phone, prefix)  # type: ignore[arg-type]
+        group = self._groups.get(zones) or self._new_group(zones)
         if group[2] is None:
             return None, "out_of_window", group[3]
         if group[0] < 0 or group[1] == self.chunk_size:
@@ -118,7 +125,9 @@ class ChunkAssigner:
         group[1] += 1
         return group[0], "pending", None
 
-    def _new_group(self, zones: tuple[str, ...], plan: WindowPlan) -> list[Any]:
+    def _new_group(self, zones: tuple[str, ...]) -> list[Any]:
+        plan = self.plan
+        assert plan is not None
         window = windows.next_window(zones, plan.rule, plan.not_before, plan.start_at, plan.end_at)
         reason = None if window else out_of_window_reason(zones, plan.rule)
         group = self._groups[zones] = [-1, 0, window, reason, " ".join(zones)]

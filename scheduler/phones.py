@@ -79,14 +79,24 @@ class Normaliser:
     def __init__(self, region: str) -> None:
         self.region = region
         self.fast = _is_nanp_region(region)
-        self._types: dict[str, int] = {}  # 7-digit national prefix -> phonenumbers.PhoneNumberType
+        self._prefixes: dict[str, NanpPrefix] = {}  # 7-digit national prefix -> what phonenumbers says of it
 
     def __call__(self, raw: str) -> tuple[str | None, str | None]:
+        """(E.164, None) for a valid number, or (None, reason)."""
+        return self.judge(raw)[:2]
+
+    def judge(self, raw: str) -> tuple[str | None, str | None, NanpPrefix | None]:
+        """As __call__, with the number's NanpPrefix when the fast path judged it."""
         if self.fast:
             national = self._nanp_national(raw)
             if national is not None:
-                return self._judge(raw, national)
-        return full_normalise(raw, self.region)
+                prefix = self.nanp_prefix(national)
+                # is_valid_number() is exactly number_type() != UNKNOWN for these numbers (both
+                # find the region and run the same type patterns).
+                if prefix.number_type != PhoneNumberType.UNKNOWN:
+                    return "+1" + national, None, prefix
+                return None, f"not a valid phone number: {raw!r}", None
+        return (*full_normalise(raw, self.region), None)
 
     @staticmethod
     def _nanp_national(raw: str) -> str | None:
@@ -96,22 +106,30 @@ class Normaliser:
         match = _NANP_SHAPE.fullmatch(compact)
         return match.group(1) if match else None
 
-    def _judge(self, raw: str, national: str) -> tuple[str | None, str | None]:
-        # is_valid_number() is exactly number_type() != UNKNOWN for these numbers (both
-        # find the region and run the same type patterns); the type is kept for ZoneLookup.
-        if self.nanp_type(national) != PhoneNumberType.UNKNOWN:
-            return "+1" + national, None
-        return None, f"not a valid phone number: {raw!r}"
-
     def nanp_type(self, national: str) -> int:
         """phonenumbers' type of a 10-digit NANP number, computed once per 7-digit prefix."""
-        prefix = national[:PREFIX_DIGITS]
-        number_type = self._types.get(prefix)
-        if number_type is None:
+        return self.nanp_prefix(national).number_type
+
+    def nanp_prefix(self, national: str) -> NanpPrefix:
+        prefix = self._prefixes.get(national[:PREFIX_DIGITS])
+        if prefix is None:
             # parse() of these shapes yields exactly this object (the corpus test checks it).
             number = phonenumbers.PhoneNumber(country_code=1, national_number=int(national))
-            number_type = self._types[prefix] = phonenumbers.number_type(number)
-        return number_type
+            prefix = self._prefixes[national[:PREFIX_DIGITS]] = NanpPrefix(phonenumbers.number_type(number))
+        return prefix
+
+
+class NanpPrefix:
+    """What is known of the numbers of one 7-digit North American prefix: phonenumbers' type,
+    and their time zones once a ZoneLookup has worked them out (a number's zones depend on its
+    exchange and its type, both fixed by the prefix). Kept with the type so that ingestion
+    finds a contact's zones without a second lookup in a table of ~100k prefixes."""
+
+    __slots__ = ("number_type", "zones")
+
+    def __init__(self, number_type: int) -> None:
+        self.number_type = number_type
+        self.zones: tuple[str, ...] | None = None
 
 
 class ZoneLookup:
@@ -138,6 +156,15 @@ class ZoneLookup:
         zones = self._nanp.get(key)
         if zones is None:
             zones = self._nanp[key] = self._nanp_zones(national, key[1])
+        return zones
+
+    def of_prefix(self, e164: str, prefix: NanpPrefix | None) -> tuple[str, ...]:
+        """As __call__, for a number the normaliser judged with this prefix (Normaliser.judge)."""
+        if prefix is None:
+            return self(e164)
+        zones = prefix.zones
+        if zones is None:
+            zones = prefix.zones = self(e164)
         return zones
 
     @staticmethod

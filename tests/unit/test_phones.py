@@ -86,3 +86,36 @@ def test_cached_time_zones_equal_phonenumbers_answer():
     assert lookup("+442079460000") == ("Europe/London",)
     assert lookup("+18005550100") == tuple(sorted(lookup("+18885550100")))  # toll-free: every NANP zone
     assert len(lookup("+18005550100")) > 20
+
+
+def test_ingestion_gives_each_contact_phonenumbers_zones(tmp_path):
+    """Ingestion reads a contact's zones from the prefix the normaliser judged it with
+    (NanpPrefix.zones): from a file of the corpus, each contact's chunk has exactly the
+    zones phonenumbers gives its number, whichever number of a prefix came first."""
+    from datetime import datetime, timedelta, timezone
+
+    from scheduler.contacts import iter_contacts
+    from scheduler.ingest import ChunkAssigner, WindowPlan
+    from scheduler.windows import CallingRule, DailyWindow
+
+    raws = list(corpus(CORPUS_SIZE // 10, seed=5)) + ["8005550100", "+44 20 7946 0958", "2085550100", "(212) 736-5000"]
+    path = tmp_path / "contacts.csv"
+    path.write_text("phone\n" + "".join(f'"{raw}"\n' for raw in raws), encoding="utf-8")
+    normaliser = Normaliser("US")
+    _, rows = iter_contacts(path, ["phone"], "US", normaliser)
+    start = datetime(2026, 12, 7, tzinfo=timezone.utc)
+    all_day = CallingRule(DailyWindow(0, 24 * 60))
+    assigner = ChunkAssigner(3, WindowPlan(all_day, None, start, start, start + timedelta(days=2)),
+                             zones=ZoneLookup(normaliser))
+    batch = list(rows)
+    assert sum(contact.prefix is not None for contact in batch) > len(raws) // 5
+    new_chunks, contact_rows = assigner.assign(batch)
+    zones_of_chunk = {seq: zones for seq, zones, _, _ in new_chunks}
+    checked = 0
+    for _, _, phone, _, status, _, seq in contact_rows:
+        if status == "pending":
+            assert zones_of_chunk[seq] == " ".join(ZoneLookup.lookup(phone)), phone
+            checked += 1
+        elif status == "out_of_window":
+            assert ZoneLookup.lookup(phone) == (), phone
+    assert checked > len(raws) // 5
