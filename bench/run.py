@@ -8,7 +8,8 @@
     BENCH_DEBUG=1 python bench/run.py --only 12   # + the daemon's CPU per request by thread (stderr)
     BENCH_PROFILE=DIR python bench/run.py --only 12   # + a py-spy profile of each daemon, in DIR
                                                       # (BENCH_PROFILE_FLAGS="" samples every running
-                                                      #  thread, not only the one holding the GIL)
+                                                      #  thread, not only the one holding the GIL;
+                                                      #  BENCH_PROFILE_RATE=1000: samples a second)
     python bench/run.py --quick    # smaller sizes, for a smoke run
     python bench/run.py --only 1,2 # some rows
 
@@ -762,7 +763,7 @@ def profiled(proc: subprocess.Popen, name: str) -> subprocess.Popen | None:
         return None
     return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--threads",
                              *os.environ.get("BENCH_PROFILE_FLAGS", "--gil").split(),
-                             "--rate", "250", "--format", "raw", "-o", f"{folder}/{name}.txt", "--pid",
+                             "--rate", os.environ.get("BENCH_PROFILE_RATE", "250"), "--format", "raw", "-o", f"{folder}/{name}.txt", "--pid",
                              str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
