@@ -763,7 +763,8 @@ def profiled(proc: subprocess.Popen, name: str) -> subprocess.Popen | None:
         return None
     return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking", "--threads",
                              *os.environ.get("BENCH_PROFILE_FLAGS", "--gil").split(),
-                             "--rate", os.environ.get("BENCH_PROFILE_RATE", "250"), "--format", "raw", "-o", f"{folder}/{name}.txt", "--pid",
+                             "--rate", os.environ.get("BENCH_PROFILE_RATE", "250"), "--format", "raw",
+                             "-o", f"{folder}/{name}.txt", "--pid",
                              str(proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

@@ -111,11 +111,13 @@ class Normaliser:
         return self.nanp_prefix(national).number_type
 
     def nanp_prefix(self, national: str) -> NanpPrefix:
-        prefix = self._prefixes.get(national[:PREFIX_DIGITS])
+        """The NanpPrefix of a 10-digit NANP number, made once per 7-digit prefix."""
+        key = national[:PREFIX_DIGITS]
+        prefix = self._prefixes.get(key)
         if prefix is None:
             # parse() of these shapes yields exactly this object (the corpus test checks it).
             number = phonenumbers.PhoneNumber(country_code=1, national_number=int(national))
-            prefix = self._prefixes[national[:PREFIX_DIGITS]] = NanpPrefix(phonenumbers.number_type(number))
+            prefix = self._prefixes[key] = NanpPrefix(phonenumbers.number_type(number))
         return prefix
 
 

@@ -101,6 +101,8 @@ async def test_more_than_five_failures_in_a_minute_get_429_on_every_daemon(db_ur
             refused = await daemon.post("/console/login", data={"username": "alice", "password": PASSWORD},
                                         allow_redirects=False)
             assert refused.status == 429  # even the right password, until the minute has passed
+            # The header says when the minute of failures ends: at least 1 s, at most the minute
+            # (rounded up); a missing header or another value fails here.
             assert 1 <= int(refused.headers["Retry-After"]) <= 61
             assert "Too many failed sign-ins" in await refused.text()
         # another user is not throttled by alice's failures
