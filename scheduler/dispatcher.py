@@ -275,12 +275,14 @@ class Dispatcher:
         self._claim_seconds += CLAIM_TIME_SMOOTHING * (min(seconds, CLAIM_LEAD_SECONDS) - self._claim_seconds)
 
     def _local_slot(self, slot: Slot | None) -> float:
-        """A booked slot in this loop's time."""
+        """A booked slot in this loop's time. It may have passed (the claim came back after it):
+        it is kept as it is, so the request's lateness counts from the account's schedule and
+        moves it (see _push_if_late), rather than from now, which would hide it."""
         now = asyncio.get_running_loop().time()
         if slot is None:
             return now
         self._db_clock.observe(slot.db_now_epoch)
-        return now + max(0.0, self._db_clock.seconds_until(slot.at_epoch))
+        return now + self._db_clock.seconds_until(slot.at_epoch)
 
     async def _wait_for_room(self) -> None:
         """The account has max_concurrency requests out (maybe other daemons'): wait for one of

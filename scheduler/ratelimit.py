@@ -116,7 +116,7 @@ class LatePushes:
     """How far a request that left late moves the account's shared schedule (its later slots).
 
     Its lateness is how long after its slot this daemon let it go, plus how much longer than
-    usual its headers took to be written: a connect time every request pays (TLS to Plum)
+    usual its bytes took to be written: a connect time every request pays (TLS to Plum)
     delays all of them alike, keeps them evenly spaced, and needs no push. One stall makes
     several requests late together, all booked before the first push: a push already made
     after a request was booked counts against its own, so the schedule moves by the largest
@@ -136,8 +136,12 @@ class LatePushes:
         """Seconds to push the schedule by (0: none) for a request booked at ``booked_at`` for
         ``slot``, let go at ``left_at``, its headers written at ``sent_at`` (one clock)."""
         transit = sent_at - left_at
+        # The usual transit is learned from earlier requests only: a daemon's first request
+        # (a cold connection pool, first-use code paths; 13 ms here) has none to compare with and
+        # counts whole, or a joining daemon's slow first request would go unnoticed.
+        usual = min(self._transits, default=0.0)
         self._transits.append(transit)
-        late = (left_at - slot) + (transit - min(self._transits))
+        late = (left_at - slot) + max(0.0, transit - usual)
         while self._pushes and self._pushes[0][0] < sent_at - self.memory_seconds:
             self._pushes.popleft()
         owed = (min(late - self.threshold_seconds, self.max_push_seconds)

@@ -193,7 +193,7 @@ async def test_a_fresh_body_is_built_for_every_attempt(sim):
 
 async def test_on_sent_is_called_once_as_the_request_leaves_and_never_when_it_cannot(sim):
     """The dispatcher moves the account's rate schedule when a request leaves late: it learns
-    the moment from on_sent (once per request, after the connection is made, before the answer)."""
+    the moment from on_sent (once per request, once it is written, before the answer)."""
     moments: list[tuple[str, int]] = []
     async with InsightClient(settings_for(sim.base_url), max_concurrency=2) as client:
         result = await client.bulk_queue(request(), lambda: moments.append(("sent", len(sim.requests))))
@@ -205,3 +205,26 @@ async def test_on_sent_is_called_once_as_the_request_leaves_and_never_when_it_ca
     async with InsightClient(settings_for(sim.base_url), max_concurrency=1) as client:
         boom = await client.bulk_queue(request(), lambda: 1 / 0)  # a bug in the callback is not the request's
     assert boom.outcome is Outcome.ACCEPTED
+
+
+async def test_on_sent_comes_once_the_whole_request_is_in_the_kernel():
+    """on_sent is the moment the request left: aiohttp (Python 3.11) writes it in a task of its
+    own, which a busy loop runs late, so a call before that write would hide the lateness. A
+    plain socket that never answers peeks at what had arrived when on_sent ran."""
+    seen: list[bytes] = []
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def peek() -> None:
+            conn, _ = listener.accept()  # the handshake is done: the connection waits in the backlog
+            with conn:
+                seen.append(conn.recv(1 << 20, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+
+        base_url = f"http://127.0.0.1:{listener.getsockname()[1]}/api"
+        async with InsightClient(settings_for(base_url, timeout_seconds=1), max_concurrency=1) as client:
+            result = await client.bulk_queue(request(), peek)
+    assert result.outcome is Outcome.UNKNOWN  # sent, never answered
+    (data,) = seen
+    assert data.startswith(b"POST /api/surveys/77/3/bulk_queue ")
+    assert CSV in data and data.rstrip().endswith(b"--")  # the body's last boundary

@@ -126,19 +126,22 @@ def test_clock_offset_takes_the_sample_with_the_shortest_return_delay():
 # (booked_at, slot, left_at, sent_at) of consecutive requests -> what each pushes the schedule by
 # (threshold 5 ms: half of the default margin; only lateness beyond it is pushed)
 LATE_CASES = {
-    "on time": ([(0.0, 1.0, 1.0, 1.001)], [0.0]),
+    "on time": ([(0.0, 1.0, 1.0, 1.0)], [0.0]),
     "late within the threshold": ([(0.0, 1.0, 1.004, 1.005)], [0.0]),
-    "left 30 ms late": ([(0.0, 1.0, 1.03, 1.031)], [0.025]),
-    # every request pays 40 ms to connect (TLS to Plum): evenly spaced, nothing to push
-    "a constant connect time": ([(0.0, 1.0, 1.0, 1.04), (0.5, 1.1, 1.1, 1.14), (0.6, 1.2, 1.2, 1.2405)],
-                                [0.0, 0.0, 0.0]),
+    "left 30 ms late": ([(0.0, 1.0, 1.03, 1.031)], [0.026]),
+    # a daemon's first request has no usual transit to compare with: all of it counts (a joining
+    # daemon's cold first request took 13 ms to be written here, and put 21 in one second at R=20)
+    "a joining daemon's slow first write": ([(0.0, 1.0, 1.0, 1.013), (1.5, 2.0, 2.0, 2.001)], [0.008, 0.0]),
+    # every request pays 40 ms to connect (TLS to Plum): once that is the usual, nothing to push
+    "a constant connect time": ([(0.0, 1.0, 1.0, 1.04), (1.05, 1.1, 1.1, 1.14), (1.15, 1.2, 1.2, 1.2405)],
+                                [0.035, 0.0, 0.0]),
     # ... but a connect that takes 25 ms longer than usual is lateness
-    "a slow connect": ([(0.0, 1.0, 1.0, 1.04), (0.5, 1.1, 1.1, 1.165)], [0.0, 0.02]),
+    "a slow connect": ([(0.0, 1.0, 1.0, 1.04), (1.05, 1.1, 1.1, 1.165)], [0.035, 0.02]),
     # one stall delays three requests booked before it: the schedule moves by the largest, not the sum
     "one stall, three requests": ([(0.0, 1.0, 1.06, 1.061), (0.0, 1.02, 1.061, 1.062), (0.0, 1.04, 1.062, 1.063)],
-                                  [0.055, 0.0, 0.0]),
+                                  [0.056, 0.0, 0.0]),
     # a request booked after an earlier push owes its own lateness in full
-    "two stalls": ([(0.0, 1.0, 1.05, 1.051), (1.5, 2.0, 2.04, 2.041)], [0.045, 0.035]),
+    "two stalls": ([(0.0, 1.0, 1.05, 1.051), (1.5, 2.0, 2.04, 2.041)], [0.046, 0.035]),
     "a push is capped at 1 s": ([(0.0, 1.0, 4.0, 4.001)], [1.0]),
 }
 
@@ -150,3 +153,25 @@ def test_how_far_a_late_request_moves_the_schedule(requests, pushes):
     late = LatePushes(threshold_seconds=0.005)
     got = [late.owed(*request) for request in requests]
     assert got == pytest.approx(pushes, abs=1e-9)
+
+
+async def test_a_slot_that_passed_before_the_claim_came_back_stays_in_the_past():
+    """The request's lateness counts from the account's schedule: a slot turned into 'now'
+    would hide a slow claim's lateness, and no push would keep another daemon's request R slots
+    on out of its second."""
+    import time
+
+    from scheduler.dispatcher import Dispatcher
+    from scheduler.ledger import Slot
+    from tests.support.harness import settings_for
+
+    dispatcher = Dispatcher(None, None, settings_for("sqlite+aiosqlite:///unused", "http://127.0.0.1:9/api"),  # type: ignore[arg-type]
+                            "w")
+    loop = asyncio.get_running_loop()
+    dispatcher._db_clock.observe(time.time())  # one quick answer: the database's clock is ours
+    now_epoch, now_loop = time.time(), loop.time()
+    # booked 2 ms ahead of the database's clock, but the answer took 32 ms to come back
+    local = dispatcher._local_slot(Slot(at_epoch=now_epoch - 0.030, db_now_epoch=now_epoch - 0.032))
+    assert local == pytest.approx(now_loop - 0.030, abs=0.002)
+    ahead = dispatcher._local_slot(Slot(at_epoch=now_epoch + 0.5, db_now_epoch=now_epoch))
+    assert ahead == pytest.approx(now_loop + 0.5, abs=0.002)
