@@ -140,8 +140,9 @@ class ZoneLookup:
     () when phonenumbers knows none. Several zones for one number (an area code
     across a zone line, a toll-free number) are all returned: the caller calls
     only when every one of them is inside its window. North American answers
-    are cached per exchange and number type; the type is the one the normaliser
-    already worked out (it is most of the lookup's cost).
+    are cached per area code (per exchange where the data splits one) and number
+    type; the type is the one the normaliser already worked out (it is most of
+    the lookup's cost).
     """
 
     def __init__(self, normaliser: Normaliser | None = None) -> None:
@@ -152,9 +153,12 @@ class ZoneLookup:
         if len(e164) != 12 or not e164.startswith("+1"):
             return self.lookup(e164)
         national = e164[2:]
-        # The zone data goes no deeper than the exchange (NANP_ZONE_DIGITS) and otherwise
-        # depends on the number's type, which the normaliser knows per 7-digit prefix.
-        key = (national[:NANP_ZONE_DIGITS], self._normaliser.nanp_type(national))
+        # The zone data goes no deeper than the exchange (NANP_ZONE_DIGITS), and for all but a
+        # few area codes no deeper than the area code; otherwise it depends on the number's
+        # type, which the normaliser knows per 7-digit prefix. Per area code, a million-row
+        # file asks phonenumbers ~1,000 times instead of ~100,000 (~0.5 s of the parser).
+        depth = NANP_ZONE_DIGITS if national[:3] in NANP_DEEP_AREAS else 3
+        key = (national[:depth], self._normaliser.nanp_type(national))
         zones = self._nanp.get(key)
         if zones is None:
             zones = self._nanp[key] = self._nanp_zones(national, key[1])
@@ -188,6 +192,8 @@ UNKNOWN_ZONES = ("Etc/Unknown",)
 # The zone data's longest North American prefix, in national digits (area code and exchange):
 # a geographic number's zones depend on no later digit.
 NANP_ZONE_DIGITS = max(len(prefix) for prefix in TIMEZONE_DATA if prefix.startswith("1")) - 1
+# The area codes whose zones the data splits by exchange (208: Idaho's two zones, ...).
+NANP_DEEP_AREAS = frozenset(prefix[1:4] for prefix in TIMEZONE_DATA if prefix.startswith("1") and len(prefix) > 4)
 
 
 def _zones(found: tuple[str, ...] | list[str]) -> tuple[str, ...]:

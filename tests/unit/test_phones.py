@@ -88,6 +88,23 @@ def test_cached_time_zones_equal_phonenumbers_answer():
     assert len(lookup("+18005550100")) > 20
 
 
+def test_zones_cached_per_area_code_equal_phonenumbers_answer_for_every_exchange():
+    """Cached per area code, except where the zone data splits one by exchange: every exchange
+    of those area codes, and a few of every other, get phonenumbers' own answer."""
+    from scheduler.phones import NANP_DEEP_AREAS
+
+    assert {"208", "907", "850"} <= NANP_DEEP_AREAS and "212" not in NANP_DEEP_AREAS
+    lookup, fast, checked = ZoneLookup(), Normaliser("US"), 0
+    for area in range(200, 1000):
+        exchanges = range(200, 1000) if f"{area}" in NANP_DEEP_AREAS else (200, 555, 734, 999)
+        for exchange in exchanges:
+            e164, _ = fast(f"+1{area}{exchange}0142")
+            if e164 is not None:
+                assert lookup(e164) == ZoneLookup.lookup(e164), e164
+                checked += 1
+    assert checked > 20_000
+
+
 def test_ingestion_gives_each_contact_phonenumbers_zones(tmp_path):
     """Ingestion reads a contact's zones from the prefix the normaliser judged it with
     (NanpPrefix.zones): from a file of the corpus, each contact's chunk has exactly the
