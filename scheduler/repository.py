@@ -792,22 +792,33 @@ class DaemonQueries(_Store):
                         contacts_total=counts["total"], contacts_valid=counts["valid"],
                         contacts_invalid=counts["invalid"], contacts_duplicate=counts["duplicate"], updated_at=now)
             )
+            removed = 0
             for numbers, status, reason in ledger.do_not_call(campaign_id, recent_since):
-                await session.execute(
+                result = await session.execute(
                     update(Contact)
                     .where(Contact.campaign_id == campaign_id, Contact.status == ContactStatus.PENDING.value,
                            Contact.phone.in_(numbers))
                     .values(status=status, reason=reason)
                 )
-            sizes = (
-                select(func.count()).where(Contact.chunk_id == Chunk.id, Contact.status == ContactStatus.PENDING.value)
-                .correlate(Chunk).scalar_subquery()
-            )
-            await session.execute(update(Chunk).where(Chunk.campaign_id == campaign_id).values(contact_count=sizes))
-            # A body built with numbers taken out just now is not sent: the CSV is built from the contacts.
-            counted = select(Chunk.contact_count).where(Chunk.id == ChunkBody.chunk_id).scalar_subquery()
-            await session.execute(delete(ChunkBody).where(ChunkBody.campaign_id == campaign_id,
-                                                          ChunkBody.contacts != counted))
+                removed += result.rowcount  # type: ignore[attr-defined]  # UPDATE results have it
+            pending = counts["valid"] - counts["out_of_window"]
+            if not removed and await _bodies_hold(session, campaign_id, pending):
+                # Each chunk's body counts its contacts: no need to read them all again (with
+                # calling windows a chunk's contacts are spread through the table: +0.15 s/1M).
+                sizes = select(ChunkBody.contacts).where(ChunkBody.chunk_id == Chunk.id).correlate(Chunk)
+                await session.execute(update(Chunk).where(Chunk.campaign_id == campaign_id)
+                                      .values(contact_count=sizes.scalar_subquery()))
+            else:
+                counted = (select(func.count())
+                           .where(Contact.chunk_id == Chunk.id, Contact.status == ContactStatus.PENDING.value)
+                           .correlate(Chunk).scalar_subquery())
+                await session.execute(update(Chunk).where(Chunk.campaign_id == campaign_id)
+                                      .values(contact_count=counted))
+                # A body built with numbers taken out just now is not sent: the CSV is built from the
+                # contacts.
+                kept = select(Chunk.contact_count).where(Chunk.id == ChunkBody.chunk_id).scalar_subquery()
+                await session.execute(delete(ChunkBody).where(ChunkBody.campaign_id == campaign_id,
+                                                              ChunkBody.contacts != kept))
             await (await session.connection()).run_sync(
                 ledger.move_chunks, and_(Chunk.campaign_id == campaign_id, Chunk.contact_count == 0),
                 (ChunkStatus.PENDING,), ChunkStatus.CANCELLED, now, finished_at=now, last_error=ledger.NOTHING_LEFT)
@@ -946,6 +957,16 @@ def _ingestion_abandoned(row: Campaign, now: datetime, worker: str = "") -> bool
     it is the asking daemon's own (which only asks when its ingestion stopped)."""
     return (row.lease_owner is None or row.lease_expires_at is None or row.lease_expires_at < now
             or bool(worker) and row.lease_owner == worker)
+
+
+async def _bodies_hold(session: AsyncSession, campaign_id: int, pending: int) -> bool:
+    """Every chunk of the campaign has its body, and the bodies hold the ``pending`` contacts
+    ingestion counted: then each body's count is its chunk's."""
+    bodies, held = (await session.execute(
+        select(func.count(), func.coalesce(func.sum(ChunkBody.contacts), 0))
+        .where(ChunkBody.campaign_id == campaign_id))).one()
+    chunks = await session.scalar(select(func.count()).select_from(Chunk).where(Chunk.campaign_id == campaign_id))
+    return bool(bodies == chunks and held == pending)
 
 
 async def _still_ours(session: AsyncSession, campaign_id: int, worker: str) -> None:
