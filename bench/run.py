@@ -224,6 +224,10 @@ async def rate_fidelity(workdir: Path, rates: list[int], seconds: float) -> list
 # -- 2. latency-bound throughput -----------------------------------------------------
 
 
+# Issue 15's goals: N=16 >= 0.90 of N/L; N=64 >= 0.60 (one event loop's CPU is the limit there).
+LATENCY_BOUND_GOALS = {64: 0.60}
+
+
 async def latency_bound(workdir: Path, concurrencies: list[int], per_slot: int) -> list[Row]:
     rows = []
     latency = 0.1
@@ -237,9 +241,10 @@ async def latency_bound(workdir: Path, concurrencies: list[int], per_slot: int) 
             stats = await sim.stats()
         ideal = n / latency
         achieved = achieved_rate(stats)
+        goal = LATENCY_BOUND_GOALS.get(n, 0.90)
         rows.append(Row(f"2. latency-bound, N={n}, 100 ms ({stats['requests']} requests)",
                         f"{achieved:.1f}/s (max {stats['max_in_flight']} in flight)", f"N/latency = {ideal:.0f}/s",
-                        f"{achieved / ideal:.3f}", ">= 0.90", "yes" if achieved / ideal >= 0.9 else "no"))
+                        f"{achieved / ideal:.3f}", f">= {goal:.2f}", "yes" if achieved / ideal >= goal else "no"))
     return rows
 
 
