@@ -153,24 +153,27 @@ class ZoneLookup:
         if len(e164) != 12 or not e164.startswith("+1"):
             return self.lookup(e164)
         national = e164[2:]
-        # The zone data goes no deeper than the exchange (NANP_ZONE_DIGITS), and for all but a
-        # few area codes no deeper than the area code; otherwise it depends on the number's
-        # type, which the normaliser knows per 7-digit prefix. Per area code, a million-row
-        # file asks phonenumbers ~1,000 times instead of ~100,000 (~0.5 s of the parser).
-        depth = NANP_ZONE_DIGITS if national[:3] in NANP_DEEP_AREAS else 3
-        key = (national[:depth], self._normaliser.nanp_type(national))
-        zones = self._nanp.get(key)
-        if zones is None:
-            zones = self._nanp[key] = self._nanp_zones(national, key[1])
-        return zones
+        return self._nanp_cached(national, self._normaliser.nanp_type(national))
 
     def of_prefix(self, e164: str, prefix: NanpPrefix | None) -> tuple[str, ...]:
         """As __call__, for a number the normaliser judged with this prefix (Normaliser.judge)."""
         if prefix is None:
             return self(e164)
         zones = prefix.zones
+        if zones is None:  # the prefix carries the type: no second lookup in the normaliser's table
+            zones = prefix.zones = self._nanp_cached(e164[2:], prefix.number_type)
+        return zones
+
+    def _nanp_cached(self, national: str, number_type: int) -> tuple[str, ...]:
+        # The zone data goes no deeper than the exchange (NANP_ZONE_DIGITS), and for all but a
+        # few area codes no deeper than the area code; otherwise it depends on the number's
+        # type, which the normaliser knows per 7-digit prefix. Per area code, a million-row
+        # file asks phonenumbers ~1,000 times instead of ~100,000 (~0.5 s of the parser).
+        depth = NANP_ZONE_DIGITS if national[:3] in NANP_DEEP_AREAS else 3
+        key = (national[:depth], number_type)
+        zones = self._nanp.get(key)
         if zones is None:
-            zones = prefix.zones = self(e164)
+            zones = self._nanp[key] = self._nanp_zones(national, number_type)
         return zones
 
     @staticmethod
