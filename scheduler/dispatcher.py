@@ -30,7 +30,7 @@ from .ingest import recent_since
 from .insight import BulkQueueRequest, InsightClient, SubmitResult
 from .metrics import Metrics
 from .models import Outcome
-from .ratelimit import ClockOffset, LatePushes, RateLimiter
+from .ratelimit import AnswerSpacing, ClockOffset, LatePushes, RateLimiter
 from .ledger import (ACCOUNT_FULL, ENDED_REASON, SLOT_BUILD_SECONDS, AccountFull, AccountLimits, Claimed,
                      ClaimedChunk, ClaimTimes, NextClaim, Payload, Slot, outage_note)
 from .outbox import DatabaseHealth, LedgerWrite, Outbox, unreachable
@@ -95,6 +95,7 @@ class Dispatcher:
         )
         self._in_flight: set[asyncio.Task[None]] = set()
         self._pushes: set[asyncio.Task[None]] = set()  # late requests moving the schedule back
+        self.spacing = AnswerSpacing()
         self.late_pushes = LatePushes(settings.submission.rate_limit_margin_seconds / PUSH_FROM_MARGIN_SHARE)
         self._slot_freed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -219,7 +220,7 @@ class Dispatcher:
 
     def _start_sending(self, claim: ClaimedChunk, rows: Payload, permit: Permit) -> None:
         slot = self._local_slot(claim.slot)
-        self._next_slot = slot + self.limiter.interval_seconds
+        self._next_slot = slot + self._interval()
         if permit is Permit.PROBE:
             self._note_probe(claim)
         task = asyncio.get_running_loop().create_task(self._send(claim, rows, slot, permit))
@@ -234,7 +235,7 @@ class Dispatcher:
         if permit is Permit.PROBE:
             return 1
         free = self.settings.submission.max_concurrency - len(self._in_flight)
-        by_rate = 1 + int(self._claim_lead() / self.limiter.interval_seconds)
+        by_rate = 1 + int(self._claim_lead() / self._interval())
         return max(1, min(free, by_rate))
 
     def _claim_lead(self) -> float:
@@ -295,7 +296,12 @@ class Dispatcher:
             pass
 
     def limits(self) -> AccountLimits:
-        return AccountLimits(self.account, self.limiter.interval_seconds, self.settings.submission.max_concurrency)
+        return AccountLimits(self.account, self._interval(), self.settings.submission.max_concurrency)
+
+    def _interval(self) -> float:
+        """Between two of this daemon's slots: the rate limit's interval, or more when answers
+        come back fast enough that requests leaving together would queue here (AnswerSpacing)."""
+        return max(self.limiter.interval_seconds, self.spacing.seconds(self.settings.submission.max_concurrency))
 
     async def _claim_shielded(self, most: int) -> list[tuple[ClaimedChunk, Payload]] | AccountFull:
         # Claims that committed must not be lost to a cancellation: give them back.
@@ -337,7 +343,7 @@ class Dispatcher:
                 or self._next_slot - asyncio.get_running_loop().time() > lead):
             return None
         free = self.settings.submission.max_concurrency - len(self._in_flight) + 1  # this answer's place
-        return self._next_claim(max(1, min(free, 1 + int(lead / self.limiter.interval_seconds))))
+        return self._next_claim(max(1, min(free, 1 + int(lead / self._interval()))))
 
     def _send_claimed(self, claims: Claimed) -> None:
         """Chunks claimed with an answer leave as a claim loop round's would (while stopping,
@@ -524,6 +530,8 @@ class Dispatcher:
 
     async def _record(self, claim: ClaimedChunk, result: SubmitResult, permit: Permit = Permit.NORMAL,
                       learn: bool = True) -> None:
+        if result.status_code is not None:  # an answer came (not a refused connection or a timeout)
+            self.spacing.observe(result.latency_seconds)  # before the claim this answer may make
         plan = self._plan(claim, result, permit, learn)
         write = LedgerWrite("record", claim, self.clock(), result, plan, self.worker,
                             self.settings.submission.max_rejections_without_success,

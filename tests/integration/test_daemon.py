@@ -324,3 +324,27 @@ async def test_chunks_unsent_at_end_at_expire(repo, db_url, tmp_path):
     assert await scalar(repo, "SELECT count(*) FROM contacts WHERE status = 'expired'") == (10 - sent) * 10
     # every request carried the campaign's end as end_timestamp
     assert {r.fields["end_timestamp"] for r in sim.requests} == {str(int(row.end_at.timestamp()))}
+
+
+async def test_requests_that_left_together_are_spread_out_once_answers_come(repo, db_url, tmp_path):
+    """Answers of requests that left together come back together and queue in the daemon's
+    loop, round after round: after the first round, requests are spaced by half an answer's
+    time over the places in flight (ratelimit.AnswerSpacing), far more than the rate asks."""
+    numbers = valid_numbers(400, seed=11)
+    async with simulator(latency_mean_seconds=0.16) as sim:
+        row = await repo.create_campaign(campaign(write_contacts(tmp_path / "c.csv", numbers)))
+        settings = settings_for(db_url, sim.base_url, max_concurrency=8, rate_limit_per_second=1000)
+        async with running_daemon(settings):
+            done = await wait_for(repo, row.id, FINAL)
+        starts = sorted(r.started for r in sim.requests)
+        queued = Counter(n for r in sim.requests for n in r.numbers)
+    assert done.status == "completed"
+    assert sorted(queued) == sorted(e164(n) for n in numbers) and set(queued.values()) == {1}
+    assert len(starts) == 40
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    # the first round, before any answer, goes at once (the rate's interval is ~1 ms)
+    assert max(gaps[:7]) < 0.005
+    # from the first answer on: 0.16 s / (2 x 8) = 10 ms apart. The simulator shares this loop,
+    # so one late arrival stamp shortens the next gap: most gaps, not every one
+    later = sorted(gaps[7:])
+    assert later[len(later) // 5] > 0.007, gaps

@@ -180,3 +180,54 @@ async def test_a_slot_that_passed_before_the_claim_came_back_stays_in_the_past()
     assert local == pytest.approx(now_loop - 0.030, abs=0.002)
     ahead = dispatcher._local_slot(Slot(at_epoch=now_epoch + 0.5, db_now_epoch=now_epoch))
     assert ahead == pytest.approx(now_loop + 0.5, abs=0.002)
+
+
+# answer times seen (seconds), places in flight -> seconds between two of this daemon's requests
+SPACING_CASES = {
+    "no answer yet: the first round goes at once": ([], 16, 0.0),
+    "100 ms answers, 16 places": ([0.1], 16, 0.1 / 32),
+    "the fastest recent answer counts": ([0.15, 0.1, 0.12], 16, 0.1 / 32),
+    "64 places": ([0.1], 64, 0.1 / 128),
+    "a slow Plum: 20 s answers, 4 places": ([20.0], 4, 2.5),
+    "no places (misconfigured): no spacing": ([0.1], 0, 0.0),
+}
+
+
+@pytest.mark.parametrize("answers, places, spacing", SPACING_CASES.values(), ids=SPACING_CASES.keys())
+def test_requests_are_spread_over_half_an_answer_time(answers, places, spacing):
+    from scheduler.ratelimit import AnswerSpacing
+
+    spread = AnswerSpacing()
+    for seconds in answers:
+        spread.observe(seconds)
+    assert spread.seconds(places) == pytest.approx(spacing)
+    # so a full set of places leaves within half an answer's time: the in-flight-bound rate
+    # (places / answer time) is never lowered by it
+    assert places * spread.seconds(places) <= min(answers, default=0.0) / 2 + 1e-12
+
+
+def test_an_old_fast_answer_falls_out_of_the_spacing():
+    from scheduler.ratelimit import AnswerSpacing
+
+    spread = AnswerSpacing(samples=3)
+    for seconds in (0.01, 0.2, 0.2, 0.2):
+        spread.observe(seconds)
+    assert spread.seconds(4) == pytest.approx(0.2 / 8)  # the 10 ms answer is forgotten
+
+
+def test_spacing_never_shortens_the_rate_limit_interval():
+    from scheduler.dispatcher import Dispatcher
+    from tests.support.harness import settings_for
+
+    settings = settings_for("sqlite+aiosqlite:///unused", "http://127.0.0.1:9/api", rate_limit_per_second=10,
+                            max_concurrency=4)
+    dispatcher = Dispatcher(None, None, settings, "w")  # type: ignore[arg-type]
+    rate_interval = dispatcher.limiter.interval_seconds
+    assert dispatcher._interval() == rate_interval
+    dispatcher.spacing.observe(0.05)  # fast answers: spacing 6 ms, the rate's ~100 ms wins
+    assert dispatcher._interval() == rate_interval
+    assert dispatcher.limits().interval_seconds == rate_interval
+    dispatcher.spacing = type(dispatcher.spacing)()
+    dispatcher.spacing.observe(8.0)  # slow answers: 1 s between requests, slower than the rate
+    assert dispatcher._interval() == pytest.approx(1.0)
+    assert dispatcher.limits().interval_seconds == pytest.approx(1.0)  # the account's slots too
