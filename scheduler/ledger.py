@@ -100,7 +100,7 @@ class AccountLimits:
     """The Plum account's limits, enforced in the claim transaction for every daemon at once."""
 
     account: str
-    interval_seconds: float  # GCRA spacing between two requests' start: (1 + margin) / rate
+    interval_seconds: float  # GCRA spacing between two requests' start: (1 + margin) / rate, or more (AnswerSpacing)
     max_in_flight: int
 
 
